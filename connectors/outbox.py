@@ -1,0 +1,103 @@
+"""OutboxSink: every alert becomes an RFC 5322 ``.eml`` file in a directory.
+
+For development, demonstrations and tests, and for networks that hand mail to another
+system by file drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Sequence
+from email.message import EmailMessage
+from pathlib import Path
+
+import jinja2
+from pydantic import Field
+
+from mobilise.errors import RetryableError
+from schemas import Alert
+
+from .base import Sink, SinkConfig, SinkOutcome
+from .rendering import EmailIdentity, render_alert, to_message
+
+__all__ = ["OutboxConfig", "OutboxSink"]
+
+
+class OutboxConfig(SinkConfig):
+    """Settings of the outbox sink (environment: ``MOBILISE_OUTBOX_DIR`` and so on)."""
+
+    outbox_dir: Path = Path("outbox")
+    """Directory that receives one ``<alert_id>.eml`` file per alert."""
+    from_email: str = Field(default="Mobilise alerts <alerts@example.org>", min_length=3)
+    """The From header."""
+    unsubscribe_email: str = Field(default="unsubscribe@example.org", pattern=r"@")
+    """The mailbox named in List-Unsubscribe and in the footer."""
+
+
+class OutboxSink(Sink[OutboxConfig]):
+    """Writes each alert to ``<outbox_dir>/<alert_id>.eml``.
+
+    Delivery guarantee: exactly once per alert id. A file is written under a temporary
+    name and then linked into place, which fails if the file exists; so a replayed alert
+    never produces a second file, and a crash never leaves half a message behind.
+    """
+
+    name = "outbox"
+    Config = OutboxConfig
+
+    async def setup(self) -> None:
+        """Create the outbox directory."""
+        self.config.outbox_dir.mkdir(parents=True, exist_ok=True)
+        self._identity = EmailIdentity(
+            from_email=self.config.from_email, unsubscribe_email=self.config.unsubscribe_email
+        )
+
+    async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
+        """Write the batch off the event loop (file I/O blocks)."""
+        if not self.config.outbox_dir.is_dir():
+            raise RetryableError(f"the outbox {self.config.outbox_dir} is not a directory (any more)")
+        return await asyncio.to_thread(self._write_all, alerts)
+
+    def _write_all(self, alerts: Sequence[Alert]) -> list[SinkOutcome]:
+        return [self._write_one(alert) for alert in alerts]
+
+    def _write_one(self, alert: Alert) -> SinkOutcome:
+        try:
+            message = to_message(render_alert(alert, self._identity), self._identity, date_source=alert)
+        except (jinja2.TemplateError, ValueError) as exc:
+            # The same alert will fail the same way every time: a permanent failure.
+            return SinkOutcome(alert_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
+        try:
+            return self._write(alert, message)
+        except OSError as exc:
+            return SinkOutcome(
+                alert_id=alert.alert_id, accepted=False, retryable=True, error=f"cannot write: {exc}"
+            )
+
+    def _write(self, alert: Alert, message: EmailMessage) -> SinkOutcome:
+        final = self.config.outbox_dir / f"{alert.alert_id}.eml"
+        if final.exists():
+            return SinkOutcome(
+                alert_id=alert.alert_id, accepted=True, duplicate=True, provider_message_id=final.name
+            )
+        fd, temporary = tempfile.mkstemp(dir=self.config.outbox_dir, prefix=".tmp-", suffix=".eml")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(message.as_bytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temporary, final)
+                duplicate = False
+            except FileExistsError:
+                duplicate = True  # another worker wrote it first; theirs stands
+        finally:
+            os.unlink(temporary)
+        return SinkOutcome(
+            alert_id=alert.alert_id,
+            accepted=True,
+            duplicate=duplicate,
+            provider_message_id=final.name,
+        )

@@ -1,0 +1,5 @@
+"""``python -m mobilise``: the same as the ``mobilise`` command."""
+
+from .cli import main
+
+main()

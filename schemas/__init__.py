@@ -1,0 +1,46 @@
+"""The event models: the only contract between the parts of mobilise and its integrators."""
+
+from .alert import Alert, MatchReason, alert_id_for
+from .case_update import ActionCall, ActionTarget, CaseUpdate, Factory, PublicCase
+from .dead_letter import DeadLetter, FieldError
+from .delivery import DeliveryEvent, DeliveryOutcome
+from .geography import Country, Region, country_name, known_countries, region_of
+from .subscription import Subscription, subscriber_id_for
+from .vocabulary import (
+    BASE_INTERESTS,
+    ActionKind,
+    CaseStatus,
+    Interest,
+    Language,
+    brand_key,
+    known_interests,
+)
+
+__all__ = [
+    "BASE_INTERESTS",
+    "ActionCall",
+    "ActionKind",
+    "ActionTarget",
+    "Alert",
+    "CaseStatus",
+    "CaseUpdate",
+    "Country",
+    "DeadLetter",
+    "DeliveryEvent",
+    "DeliveryOutcome",
+    "Factory",
+    "FieldError",
+    "Interest",
+    "Language",
+    "MatchReason",
+    "PublicCase",
+    "Region",
+    "Subscription",
+    "alert_id_for",
+    "brand_key",
+    "country_name",
+    "known_countries",
+    "known_interests",
+    "region_of",
+    "subscriber_id_for",
+]

@@ -1,0 +1,128 @@
+"""CaseUpdate: a coordinator's change of a case's status, with an optional action call."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, Field, model_validator
+
+from ._base import Event, stable_id
+from .geography import Country, Region, region_of
+from .vocabulary import ActionKind, CaseStatus, Interest, Language
+
+__all__ = ["ActionCall", "ActionTarget", "CaseUpdate", "Factory", "Localised", "PublicCase"]
+
+Localised = Annotated[
+    dict[Language, Annotated[str, Field(min_length=1, max_length=20_000)]],
+    Field(min_length=1, description="Text per language code; at least one language."),
+]
+"""Text in one or more languages, keyed by language code."""
+
+Slug = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+
+
+class Factory(Event):
+    """The workplace where the violation happened."""
+
+    name: Annotated[str, Field(min_length=1, max_length=300)]
+    """The factory's name as workers and brands know it."""
+    city: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    """City or industrial zone."""
+
+
+class ActionTarget(Event):
+    """Who the action is aimed at: a brand's CEO, a store, an investor, a ministry."""
+
+    name: Annotated[str, Field(min_length=1, max_length=300)]
+    """Name of the person or body."""
+    email: Annotated[str, Field(max_length=320)] | None = None
+    """Address to write to, for email actions."""
+    url: Annotated[str, Field(pattern=r"^https?://", max_length=2000)] | None = None
+    """Petition, form or profile page."""
+    address: Annotated[str, Field(max_length=500)] | None = None
+    """Street address, for a protest at a store or office."""
+    handle: Annotated[str, Field(max_length=200)] | None = None
+    """Social media handle, for public posts."""
+
+
+class ActionCall(Event):
+    """A call to act: what to do, to whom, by when."""
+
+    kind: ActionKind
+    """What people are asked to do."""
+    instructions: Localised
+    """What to do, per language."""
+    target: ActionTarget
+    """Who the action is aimed at."""
+    deadline: AwareDatetime | None = None
+    """When the action stops mattering; shown to people in the alert."""
+
+
+class PublicCase(Event):
+    """The part of a case update that may be shown to activists.
+
+    Alerts carry this projection, never the CaseUpdate itself, so coordinator-only
+    fields cannot reach a rendered email by construction.
+    """
+
+    case_id: Slug
+    """Stable identifier of the case."""
+    status: CaseStatus
+    """The case's new status."""
+    title: Localised
+    """Short headline per language."""
+    summary: Localised
+    """What happened and why it matters, per language."""
+    country: Country
+    """Where the factory is."""
+    region: Region = Field(default=None, validate_default=False)  # type: ignore[assignment]  # filled in by CaseUpdate._derive
+    """UN M49 region of ``country``; derived from it when left out."""
+    brands: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = ()
+    """Brands sourcing from the factory, as they spell themselves."""
+    factory: Factory | None = None
+    """The factory, when it can be named."""
+    issues: Annotated[tuple[Interest, ...], Field(min_length=1)]
+    """The violations at stake, from the interest vocabulary."""
+    action_call: ActionCall | None = None
+    """What people are asked to do, if anything."""
+    occurred_at: AwareDatetime
+    """When the status changed."""
+
+
+class CaseUpdate(PublicCase):
+    """A case status change as published by a coordinator (topic ``case-updates``, key case_id).
+
+    ``event_id`` is the idempotency key: publishing the same update twice alerts nobody
+    twice. When a publisher leaves it out it is derived from the update's content, so
+    re-publishing the same file is harmless. ``region`` is derived from ``country``;
+    a publisher may send it, but only if it agrees.
+    """
+
+    schema_version: Literal[1] = 1
+    """Version of this schema; a reader rejects versions it does not know."""
+    event_id: Slug = Field(default="", validate_default=False)
+    """Idempotency key of this update; derived from the content when left out."""
+    published_by: Annotated[str, Field(min_length=1, max_length=200)]
+    """Coordinator (or connector) that published the update."""
+    internal: dict[str, Any] = Field(default_factory=dict)
+    """Coordinator-only details, e.g. the names of workers at risk. Stored, never rendered."""
+
+    @model_validator(mode="after")
+    def _derive(self) -> CaseUpdate:
+        # A "before" validator would turn strict JSON validation into strict Python
+        # validation (no datetimes from strings), so derived fields are filled in after.
+        derived = region_of(self.country)
+        if self.region is not None and self.region != derived:
+            raise ValueError(
+                f"region {self.region.value!r} does not match country {self.country!r}, which "
+                f"is in {derived.value!r}; leave region out and it is derived from the country"
+            )
+        object.__setattr__(self, "region", derived)
+        if not self.event_id:
+            content = self.model_dump(mode="json", exclude={"event_id", "internal", "region"})
+            object.__setattr__(self, "event_id", "evt-" + stable_id(content, length=24))
+        return self
+
+    def public(self) -> PublicCase:
+        """The projection that may be shown to activists (drops the internal fields)."""
+        return PublicCase.model_validate({name: getattr(self, name) for name in PublicCase.model_fields})

@@ -1,0 +1,132 @@
+"""The Faust app: topics, tables and agents wired into the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import structlog
+
+from connectors.base import Sink
+from mobilise.settings import Settings
+
+from .alerting import Matcher
+from .delivery import Delivery
+from .fanout import FanOut
+from .records import DeadLetters
+from .shards import SubscriberShards, SubscriptionIntake
+from .tables import PartitionedTable, declare_table
+from .topics import TopicNames
+
+__all__ = ["Pipeline", "create_app"]
+
+log = structlog.get_logger(__name__)
+
+
+def _raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
+    # Values are read as bytes and validated by the schemas ourselves, so that a bad
+    # record becomes a dead letter with its reason instead of a codec crash.
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+        internal=False,
+    )
+
+
+@dataclass
+class Pipeline:
+    """The app with the parts tests and the CLI need to reach."""
+
+    app: faust.App
+    names: TopicNames
+    shards: SubscriberShards
+    subscribers: PartitionedTable
+    seen: PartitionedTable
+    sent: PartitionedTable
+
+
+def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type-arg]  # any sink
+    """Build the worker's Faust app for ``settings``, delivering through ``sink``."""
+    partitions = settings.partitions
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        store=settings.store,
+        datadir=str(settings.data_dir / settings.app_id),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        # Short group timeouts: a dead worker's partitions move on within seconds.
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        broker_rebalance_timeout=10,
+        producer_acks=-1,
+        web_enabled=False,
+        autodiscover=False,
+        stream_wait_empty=False,
+    )
+    names = TopicNames(prefix=settings.topic_prefix)
+    case_updates = _raw_topic(app, names.case_updates, partitions)
+    subscriptions = _raw_topic(app, names.subscriptions, partitions)
+    case_fanout = _raw_topic(app, names.case_fanout, partitions)
+    alerts = _raw_topic(app, names.alerts, partitions)
+    deliveries = _raw_topic(app, names.deliveries, partitions)
+    dead_letters = DeadLetters(_raw_topic(app, names.dead_letters, partitions))
+
+    subscribers = declare_table(app, "subscribers", partitions, "Subscriptions by subscriber_id, per shard")
+    seen = declare_table(app, "seen-events", partitions, "First position of each case update event_id")
+    sent = declare_table(app, "sent-alerts", partitions, "Alert ids the sink accepted")
+    shards = SubscriberShards()
+
+    fanout = FanOut(fanout_topic=case_fanout, partitions=partitions, seen=seen, dead_letters=dead_letters)
+    intake = SubscriptionIntake(shards=shards, table=subscribers, dead_letters=dead_letters)
+    matcher = Matcher(shards=shards, alerts_topic=alerts, dead_letters=dead_letters)
+    delivery = Delivery(
+        sink=sink,
+        sent=sent,
+        deliveries_topic=deliveries,
+        dead_letters=dead_letters,
+        max_attempts=settings.delivery_max_attempts,
+    )
+
+    @app.agent(case_updates, name="fanout")
+    async def _fanout(stream: Any) -> None:
+        async for event in stream.events():
+            await fanout.process(event)
+
+    @app.agent(subscriptions, name="subscriptions")
+    async def _subscriptions(stream: Any) -> None:
+        async for event in stream.events():
+            await intake.process(event)
+
+    @app.agent(case_fanout, name="match")
+    async def _match(stream: Any) -> None:
+        async for event in stream.events():
+            await matcher.process(event)
+
+    @app.agent(alerts, name="deliver")
+    async def _deliver(stream: Any) -> None:
+        async for events in stream.take_events(
+            settings.delivery_batch_size, within=settings.delivery_batch_seconds
+        ):
+            await delivery.process(events)
+
+    @app.on_rebalance_complete.connect
+    async def _load_shards(sender: Any, **_: Any) -> None:
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.subscriptions}
+        built = shards.assign(owned, subscribers.items())
+        log.info(
+            "worker.ready",
+            app_id=settings.app_id,
+            partitions=sorted(owned),
+            built=built,
+            subscribers=sum(len(s) for p in owned if (s := shards.shard(p)) is not None),
+        )
+
+    return Pipeline(app=app, names=names, shards=shards, subscribers=subscribers, seen=seen, sent=sent)

@@ -1,0 +1,65 @@
+"""case-updates → case-fanout: validate each update once and copy it to every partition."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import structlog
+from pydantic import ValidationError
+
+from schemas import CaseUpdate
+
+from .records import DeadLetters, read_model
+from .tables import PartitionedTable
+
+__all__ = ["FanOut"]
+
+log = structlog.get_logger(__name__)
+
+
+class FanOut:
+    """Validates case updates, drops replays and copies each update to every partition.
+
+    A replay is an update whose event_id was already seen at a *different* offset: it is
+    skipped. The same offset seen again means the worker is re-reading after a crash or
+    rebalance, and the fan-out is repeated (its downstream effects are idempotent), so a
+    crash between recording the event and fanning it out loses nothing.
+    """
+
+    stage = "fanout"
+
+    def __init__(
+        self,
+        *,
+        fanout_topic: faust.TopicT,
+        partitions: int,
+        seen: PartitionedTable,
+        dead_letters: DeadLetters,
+    ) -> None:
+        self._fanout = fanout_topic
+        self._partitions = partitions
+        self._seen = seen
+        self._dead_letters = dead_letters
+
+    async def process(self, event: faust.EventT) -> None:
+        """Handle one record of case-updates."""
+        try:
+            update = read_model(CaseUpdate, event.message.value)
+        except ValidationError as exc:
+            await self._dead_letters.invalid(event, stage=self.stage, exc=exc)
+            return
+        bound = log.bind(event_id=update.event_id, case_id=update.case_id)
+        position = f"{event.message.partition}:{event.message.offset}"
+        first_seen = self._seen.get(update.event_id)
+        if first_seen is not None and first_seen != position:
+            bound.info("case_update.replay_skipped", first_seen=first_seen, position=position)
+            return
+        self._seen[update.event_id] = position
+        payload = update.model_dump_json().encode("utf-8")
+        key = update.case_id.encode("utf-8")
+        pending = [
+            await self._fanout.send(key=key, value=payload, partition=p) for p in range(self._partitions)
+        ]
+        await asyncio.gather(*pending)
+        bound.info("case_update.fanned_out", status=update.status.value, partitions=self._partitions)

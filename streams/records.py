@@ -1,0 +1,97 @@
+"""Reading records off topics into models, and dead-lettering what cannot be read."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import faust
+import structlog
+from pydantic import ValidationError
+
+from schemas import DeadLetter, FieldError
+from schemas._base import Event
+
+__all__ = ["DeadLetters", "field_errors", "read_model"]
+
+log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=Event)
+
+
+def field_errors(exc: ValidationError) -> tuple[FieldError, ...]:
+    """Pydantic's errors as FieldErrors naming each field by its dotted path."""
+    return tuple(
+        FieldError(loc=".".join(str(part) for part in e["loc"]), msg=e["msg"], type=e["type"])
+        for e in exc.errors(include_url=False)
+    )
+
+
+def summarise(exc: ValidationError) -> str:
+    """One line naming every bad field."""
+    parts = []
+    for error in field_errors(exc)[:5]:
+        parts.append(f"{error.loc or '(record)'}: {error.msg}")
+    more = exc.error_count() - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def read_model(model: type[M], value: bytes | None) -> M:
+    """Validate a record's value as ``model`` (strict JSON).
+
+    Raises:
+        ValidationError: the bytes are not JSON, or not a valid ``model``.
+
+    """
+    return model.model_validate_json(value if value is not None else b"null")
+
+
+class DeadLetters:
+    """Sends unprocessable records to the dead-letters topic and logs them."""
+
+    def __init__(self, topic: faust.TopicT) -> None:
+        self._topic = topic
+
+    async def send(
+        self,
+        event: faust.EventT,
+        *,
+        stage: str,
+        reason: str,
+        errors: tuple[FieldError, ...] = (),
+        value: bytes | None = None,
+    ) -> None:
+        """Dead-letter ``event`` (or ``value`` in its place) and wait for the broker's ack.
+
+        The original key and value travel byte for byte, with the topic, partition and
+        offset, so the record can be found, fixed and replayed.
+        """
+        message = event.message
+        raw_key = message.key if isinstance(message.key, bytes) else None
+        raw_value = value if value is not None else message.value
+        letter = DeadLetter(
+            stage=stage,
+            reason=reason,
+            errors=errors,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=base64.b64encode(raw_key) if raw_key is not None else None,
+            value=base64.b64encode(raw_value) if isinstance(raw_value, bytes) else None,
+            at=datetime.now(UTC),
+        )
+        future = await self._topic.send(key=raw_key, value=letter.model_dump_json().encode("utf-8"))
+        await future
+        log.warning(
+            "record.dead_lettered",
+            stage=stage,
+            reason=reason,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+        )
+
+    async def invalid(self, event: faust.EventT, *, stage: str, exc: ValidationError) -> None:
+        """Dead-letter a record that failed its schema, naming the fields."""
+        await self.send(event, stage=stage, reason=summarise(exc), errors=field_errors(exc))

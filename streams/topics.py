@@ -1,0 +1,75 @@
+"""Every topic of the pipeline, its key and its settings."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["TopicNames", "TopicSpec", "topic_specs"]
+
+
+class TopicSpec(BaseModel):
+    """A topic to create: name, partitions and Kafka configs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    partitions: int
+    configs: dict[str, str] = {}
+
+
+class TopicNames(BaseModel):
+    """The topic names of one pipeline; ``prefix`` lets several share a cluster."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prefix: str = ""
+
+    @property
+    def case_updates(self) -> str:
+        """Coordinators' case status changes. Key: case_id."""
+        return f"{self.prefix}case-updates"
+
+    @property
+    def subscriptions(self) -> str:
+        """Subscriptions, compacted. Key: subscriber_id; a tombstone erases the person."""
+        return f"{self.prefix}subscriptions"
+
+    @property
+    def case_fanout(self) -> str:
+        """One copy of every valid case update on every partition. Key: case_id."""
+        return f"{self.prefix}case-fanout"
+
+    @property
+    def alerts(self) -> str:
+        """One alert per (update, matching subscriber). Key: subscriber_id."""
+        return f"{self.prefix}alerts"
+
+    @property
+    def deliveries(self) -> str:
+        """What happened to each alert at the sink. Key: subscriber_id."""
+        return f"{self.prefix}deliveries"
+
+    @property
+    def dead_letters(self) -> str:
+        """Records that could not be processed, with the reason. Key: the original key."""
+        return f"{self.prefix}dead-letters"
+
+
+def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
+    """The topics ``mobilise topics create`` makes.
+
+    Subscriptions, case-fanout and alerts must share ``partitions``: matching is
+    co-partitioned, each worker matching its own subscriber shard. The others use the
+    same count so that any worker can be given any partition.
+    """
+    compacted = {"cleanup.policy": "compact"}
+    # Alerts carry addresses; a week is enough to redeliver and short enough to forget.
+    week = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+    return [
+        TopicSpec(name=names.case_updates, partitions=partitions),
+        TopicSpec(name=names.subscriptions, partitions=partitions, configs=compacted),
+        TopicSpec(name=names.case_fanout, partitions=partitions, configs=week),
+        TopicSpec(name=names.alerts, partitions=partitions, configs=week),
+        TopicSpec(name=names.deliveries, partitions=partitions),
+        TopicSpec(name=names.dead_letters, partitions=partitions),
+    ]

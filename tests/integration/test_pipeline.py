@@ -1,0 +1,181 @@
+"""The pipeline end to end: real broker, real worker processes, .eml files in an outbox."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mobilise.broker import EmbeddedBroker
+from schemas import DeadLetter, DeliveryEvent
+
+from .harness import PipelineHarness, case_update, recipients, subscription
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[PipelineHarness]:
+    harness = PipelineHarness(broker, tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+def test_a_case_update_reaches_exactly_the_matching_subscribers(pipeline: PipelineHarness) -> None:
+    matching = [
+        subscription("country@example.org", name="Rahima", countries=["BD"], interests=["union_busting"]),
+        subscription("region@example.org", regions=["southern-asia"], brands=["h&m"]),
+        subscription("world@example.org", language="fr", worldwide=True, interests=["union_busting", "wages"]),
+    ]
+    others = [
+        subscription("elsewhere@example.org", countries=["KH"], interests=["union_busting"]),
+        subscription("other-topic@example.org", countries=["BD"], interests=["wages"], brands=["Zara"]),
+        subscription("unconfirmed@example.org", countries=["BD"], interests=["union_busting"], confirmed=False),
+        subscription("wins-only@example.org", worldwide=True, interests=["union_busting"], statuses=["remedy_won"]),
+    ]
+    pipeline.subscribe(*matching, *others)
+    pipeline.start_worker()
+    pipeline.wait_ready()
+    pipeline.wait_indexed(*(s.subscriber_id for s in matching + others))
+
+    update = case_update(
+        internal={"workers_at_risk": ["Secret Worker Name"], "note": "do-not-render-this"},
+        action_call={
+            "kind": "email_brand",
+            "instructions": {"en": "Email the CEO and demand reinstatement.", "fr": "Écrivez au PDG."},
+            "target": {"name": "H&M Group", "email": "ceo@example.com"},
+            "deadline": "2026-12-01T12:00:00Z",
+        },
+    )
+    pipeline.publish(update)
+    assert pipeline.wait_processed(update.event_id) == 3
+
+    emails = pipeline.emails_for(update.event_id)
+    assert recipients(emails) == sorted(s.email for s in matching)
+    by_address = {m["To"].addresses[0].addr_spec: m for m in emails}
+    text = by_address["country@example.org"].get_body(("plain",)).get_content()
+    assert "Hello Rahima" in text
+    assert "Union leaders fired at Dhaka Knitwear" in text
+    assert "Deadline: 2026-12-01 12:00 UTC" in text
+    assert "you follow Bangladesh and union busting" in text
+    assert "the brand H&M" in by_address["region@example.org"].get_body(("plain",)).get_content()
+    assert by_address["world@example.org"]["Content-Language"] == "fr"
+    assert all(m["List-Unsubscribe"].startswith("<mailto:") for m in emails)
+    for message in emails:
+        raw = message.as_string()
+        assert "Secret Worker Name" not in raw and "do-not-render-this" not in raw
+
+    accepted = [d for d in _deliveries(pipeline) if d.outcome == "accepted"]
+    assert Counter(d.alert_id for d in accepted) == Counter({m["X-Mobilise-Alert-Id"]: 1 for m in emails})
+
+
+def test_unsubscribing_stops_alerts(pipeline: PipelineHarness) -> None:
+    stays = subscription("stays@example.org", countries=["BD"], interests=["union_busting"])
+    leaves = subscription("leaves@example.org", countries=["BD"], interests=["union_busting"])
+    pipeline.subscribe(stays, leaves)
+    pipeline.start_worker()
+    pipeline.wait_ready()
+    pipeline.wait_indexed(stays.subscriber_id, leaves.subscriber_id)
+
+    first = case_update(status="escalated")
+    pipeline.publish(first)
+    pipeline.wait_processed(first.event_id)
+    assert recipients(pipeline.emails_for(first.event_id)) == ["leaves@example.org", "stays@example.org"]
+
+    pipeline.unsubscribe(leaves.subscriber_id)
+    pipeline.wait_erased(leaves.subscriber_id)
+    second = case_update(status="brand_contacted")
+    pipeline.publish(second)
+    assert pipeline.wait_processed(second.event_id) == 1
+    assert recipients(pipeline.emails_for(second.event_id)) == ["stays@example.org"]
+
+
+def test_a_replayed_case_update_sends_nothing_twice(pipeline: PipelineHarness) -> None:
+    person = subscription("once@example.org", countries=["BD"], interests=["union_busting"])
+    pipeline.subscribe(person)
+    pipeline.start_worker()
+    pipeline.wait_ready()
+    pipeline.wait_indexed(person.subscriber_id)
+
+    update = case_update()
+    pipeline.publish(update)
+    pipeline.wait_processed(update.event_id)
+    pipeline.publish(update)  # the coordinator's client retried
+    later = case_update(status="brand_responded")  # same case: same partition, read after the replay
+    pipeline.publish(later)
+    pipeline.wait_processed(later.event_id)
+
+    skipped = [e for e in pipeline.events("case_update.replay_skipped") if e["event_id"] == update.event_id]
+    assert len(skipped) == 1
+    assert len(pipeline.emails_for(update.event_id)) == 1
+    assert len(pipeline.emails_for(later.event_id)) == 1
+    accepted = Counter(d.event_id for d in _deliveries(pipeline) if d.outcome == "accepted")
+    assert accepted == {update.event_id: 1, later.event_id: 1}
+
+
+def test_malformed_records_go_to_dead_letters_and_the_stream_goes_on(pipeline: PipelineHarness) -> None:
+    person = subscription("after@example.org", countries=["BD"], interests=["union_busting"])
+    pipeline.start_worker()
+    pipeline.wait_ready()
+
+    not_json = b"\xff\xfe not json at all"
+    bad_country = case_update().model_dump_json().replace('"BD"', '"XX"').encode()
+    future_version = case_update().model_dump_json().replace('"schema_version":1', '"schema_version":9').encode()
+    bad_subscription = json.dumps({"email": "not-an-address", "created_at": "2026-01-01T00:00:00Z"}).encode()
+    pipeline.publish_raw(pipeline.names.case_updates, "bd-2026-1", not_json)
+    pipeline.publish_raw(pipeline.names.case_updates, "bd-2026-1", bad_country)
+    pipeline.publish_raw(pipeline.names.case_updates, "bd-2026-1", future_version)
+    pipeline.publish_raw(pipeline.names.subscriptions, person.subscriber_id, bad_subscription)
+    pipeline.subscribe(person)
+    pipeline.wait_indexed(person.subscriber_id)
+    good = case_update()
+    pipeline.publish(good)
+    assert pipeline.wait_processed(good.event_id) == 1
+    assert recipients(pipeline.emails_for(good.event_id)) == ["after@example.org"]
+
+    letters = [DeadLetter.model_validate_json(r.value) for r in pipeline.read_topic(pipeline.names.dead_letters)]
+    by_value = {letter.value: letter for letter in letters}
+    assert set(by_value) == {not_json, bad_country, future_version, bad_subscription}
+    assert by_value[not_json].errors[0].type == "json_invalid"
+    assert by_value[bad_country].errors[0].loc == "country"
+    assert "ISO 3166-1" in by_value[bad_country].reason
+    assert by_value[future_version].errors[0].loc == "schema_version"
+    assert {e.loc for e in by_value[bad_subscription].errors} >= {"email"}
+    assert by_value[bad_subscription].topic == pipeline.names.subscriptions
+    assert by_value[bad_subscription].key == person.subscriber_id.encode()
+    case_letters = [letter for letter in letters if letter.topic == pipeline.names.case_updates]
+    assert sorted(letter.offset for letter in case_letters) == [0, 1, 2]
+    assert all(letter.stage == "fanout" for letter in case_letters)
+    raw = pipeline.read_topic(pipeline.names.dead_letters)[0].value
+    assert base64.b64decode(json.loads(raw)["value"]) in by_value
+
+
+def test_two_workers_share_the_partitions_and_alert_each_person_once(pipeline: PipelineHarness) -> None:
+    matching = [subscription(f"m{i}@example.org", countries=["BD"], interests=["union_busting"]) for i in range(24)]
+    others = [subscription(f"o{i}@example.org", countries=["VN"], interests=["wages"]) for i in range(8)]
+    pipeline.subscribe(*matching, *others)
+    first, second = pipeline.start_worker(), pipeline.start_worker()
+    pipeline.wait_ready()
+    pipeline.wait_indexed(*(s.subscriber_id for s in matching + others))
+
+    update = case_update()
+    pipeline.publish(update)
+    assert pipeline.wait_processed(update.event_id) >= len(matching)
+
+    assert recipients(pipeline.emails_for(update.event_id)) == sorted(s.email for s in matching)
+    accepted = Counter(d.subscriber_id for d in _deliveries(pipeline) if d.outcome == "accepted")
+    assert accepted == Counter({s.subscriber_id: 1 for s in matching})
+    matched_by = [
+        {e["partition"] for e in w.events() if e.get("event") == "case_update.matched"} for w in (first, second)
+    ]
+    assert matched_by[0] and matched_by[1], "both workers should have matched their own partitions"
+
+
+def _deliveries(pipeline: PipelineHarness) -> list[DeliveryEvent]:
+    return [DeliveryEvent.model_validate_json(r.value) for r in pipeline.read_topic(pipeline.names.deliveries)]
