@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from schemas import CaseUpdate, Subscription
 
@@ -13,7 +14,7 @@ __all__ = ["demo_case_updates", "demo_subscriptions"]
 def demo_subscriptions(now: datetime | None = None) -> list[Subscription]:
     """Five activists across three languages and several kinds of interest."""
     at = (now or datetime.now(UTC)).isoformat()
-    raw = [
+    raw: list[dict[str, Any]] = [
         {
             "email": "amina@example.org",
             "name": "Amina",

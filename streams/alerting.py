@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from schemas import Alert, CaseUpdate, alert_id_for
 
-from .records import DeadLetters, read_model
+from .records import DeadLetters, RawEvent, read_model
 from .shards import SubscriberShards
 
 __all__ = ["Matcher"]
@@ -36,7 +36,7 @@ class Matcher:
         self._alerts = alerts_topic
         self._dead_letters = dead_letters
 
-    async def process(self, event: faust.EventT) -> None:
+    async def process(self, event: RawEvent) -> None:
         """Handle one record of case-fanout."""
         partition = event.message.partition
         try:

@@ -117,8 +117,8 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         ):
             await delivery.process(events)
 
-    @app.on_rebalance_complete.connect
-    async def _load_shards(sender: Any, **_: Any) -> None:
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode types receivers as returning Awaitable, not Coroutine
+    async def _load_shards(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.subscriptions}
         built = shards.assign(owned, subscribers.items())
         log.info(

@@ -14,7 +14,7 @@ from connectors.base import Sink, SinkOutcome
 from mobilise.errors import RetryableError
 from schemas import Alert, DeliveryEvent, DeliveryOutcome
 
-from .records import DeadLetters, read_model
+from .records import DeadLetters, RawEvent, read_model
 from .retry import backoff_delay
 from .tables import PartitionedTable, on_partition
 
@@ -62,10 +62,10 @@ class Delivery:
             await self._sink.setup()
             self._ready = True
 
-    async def process(self, events: Sequence[faust.EventT]) -> None:
+    async def process(self, events: Sequence[RawEvent]) -> None:
         """Deliver one batch of alert records."""
         await self._setup_once()
-        batch: dict[str, tuple[Alert, faust.EventT]] = {}
+        batch: dict[str, tuple[Alert, RawEvent]] = {}
         for event in events:
             try:
                 alert = read_model(Alert, event.message.value)
@@ -80,7 +80,7 @@ class Delivery:
         while batch:
             attempt += 1
             outcomes, retry_after = await self._attempt([a for a, _ in batch.values()])
-            retry: dict[str, tuple[Alert, faust.EventT]] = {}
+            retry: dict[str, tuple[Alert, RawEvent]] = {}
             for alert_id, (alert, event) in batch.items():
                 outcome = outcomes.get(alert_id)
                 if outcome is not None and outcome.accepted:
@@ -117,14 +117,14 @@ class Delivery:
             return {}, exc.retry_after
         return {o.alert_id: o for o in outcomes}, None
 
-    async def _give_up(self, alert: Alert, event: faust.EventT, attempts: int, error: str) -> None:
+    async def _give_up(self, alert: Alert, event: RawEvent, attempts: int, error: str) -> None:
         await self._dead_letters.send(event, stage=self.stage, reason=error)
         await self._record(alert, event, DeliveryOutcome.DEAD_LETTERED, attempts, detail=error)
 
     async def _record(
         self,
         alert: Alert,
-        event: faust.EventT,
+        event: RawEvent,
         outcome: DeliveryOutcome,
         attempts: int,
         provider_message_id: str | None = None,

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from schemas import CaseUpdate
 
-from .records import DeadLetters, read_model
+from .records import DeadLetters, RawEvent, read_model
 from .tables import PartitionedTable
 
 __all__ = ["FanOut"]
@@ -42,7 +42,7 @@ class FanOut:
         self._seen = seen
         self._dead_letters = dead_letters
 
-    async def process(self, event: faust.EventT) -> None:
+    async def process(self, event: RawEvent) -> None:
         """Handle one record of case-updates."""
         try:
             update = read_model(CaseUpdate, event.message.value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import faust
 import structlog
@@ -13,11 +13,14 @@ from pydantic import ValidationError
 from schemas import DeadLetter, FieldError
 from schemas._base import Event
 
-__all__ = ["DeadLetters", "field_errors", "read_model"]
+__all__ = ["DeadLetters", "RawEvent", "field_errors", "read_model"]
 
 log = structlog.get_logger(__name__)
 
 M = TypeVar("M", bound=Event)
+
+RawEvent: TypeAlias = "faust.EventT[bytes]"
+"""A record as read from a topic: key and value are the bytes on the wire."""
 
 
 def field_errors(exc: ValidationError) -> tuple[FieldError, ...]:
@@ -55,7 +58,7 @@ class DeadLetters:
 
     async def send(
         self,
-        event: faust.EventT,
+        event: RawEvent,
         *,
         stage: str,
         reason: str,
@@ -92,6 +95,6 @@ class DeadLetters:
             offset=message.offset,
         )
 
-    async def invalid(self, event: faust.EventT, *, stage: str, exc: ValidationError) -> None:
+    async def invalid(self, event: RawEvent, *, stage: str, exc: ValidationError) -> None:
         """Dead-letter a record that failed its schema, naming the fields."""
         await self.send(event, stage=stage, reason=summarise(exc), errors=field_errors(exc))

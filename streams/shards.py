@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import faust
 import structlog
 from pydantic import ValidationError
 
 from schemas import Subscription
 
 from .matching import SubscriberIndex
-from .records import DeadLetters, read_model
+from .records import DeadLetters, RawEvent, read_model
 from .tables import PartitionedTable, on_partition
 
 __all__ = ["SubscriberShards", "SubscriptionIntake"]
@@ -70,7 +69,7 @@ class SubscriptionIntake:
         self._table = table
         self._dead_letters = dead_letters
 
-    async def process(self, event: faust.EventT) -> None:
+    async def process(self, event: RawEvent) -> None:
         """Upsert, or erase on a tombstone."""
         message = event.message
         key = message.key.decode("utf-8", "replace") if isinstance(message.key, bytes) else None

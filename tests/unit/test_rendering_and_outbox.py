@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+import pytest
+
+from connectors.outbox import OutboxConfig, OutboxSink
+from connectors.registry import available_connectors, load_sink
+from connectors.rendering import EmailIdentity, render_alert
+from mobilise.errors import ConfigurationError
+from schemas import Alert, CaseUpdate, MatchReason, alert_id_for
+
+IDENTITY = EmailIdentity(from_email="Network <alerts@example.net>", unsubscribe_email="stop@example.net")
+
+
+def make_alert(language: str = "en", **case_changes: object) -> Alert:
+    case = CaseUpdate.model_validate_json(
+        json.dumps(
+            {
+                "case_id": "bd-1",
+                "status": "urgent_action",
+                "title": {"en": "Fired for organising", "fr": "Licenciés pour s'être syndiqués"},
+                "summary": {"en": "Twelve leaders <script>alert(1)</script> dismissed."},
+                "country": "BD",
+                "brands": ["H&M"],
+                "factory": {"name": "Dhaka Knitwear", "city": "Gazipur"},
+                "issues": ["union_busting"],
+                "occurred_at": "2026-01-01T00:00:00Z",
+                "published_by": "p",
+                "internal": {"workers_at_risk": ["Hidden Person"]},
+                "action_call": {
+                    "kind": "email_brand",
+                    "instructions": {"en": "Write to the CEO."},
+                    "target": {"name": "H&M", "email": "ceo@example.com"},
+                    "deadline": "2026-02-01T09:30:00+01:00",
+                },
+                **case_changes,
+            }
+        )
+    )
+    return Alert(
+        alert_id=alert_id_for(case.event_id, "sub-1"),
+        event_id=case.event_id,
+        subscriber_id="sub-1",
+        email="person@example.org",
+        name="Rahima",
+        language=language,
+        case=case.public(),
+        reason=MatchReason(country="BD", interests=("union_busting",)),
+        created_at=datetime(2026, 1, 2, tzinfo=UTC),
+    )
+
+
+def test_the_email_shows_the_case_the_action_and_why() -> None:
+    email = render_alert(make_alert(), IDENTITY)
+    assert email.subject == "URGENT ACTION: Fired for organising"
+    for fragment in (
+        "Hello Rahima",
+        "Dhaka Knitwear, Gazipur, Bangladesh",
+        "Brands: H&M",
+        "Write to the CEO.",
+        "Deadline: 2026-02-01 08:30 UTC",
+        "you follow Bangladesh and union busting",
+    ):
+        assert fragment in email.text
+    assert "&lt;script&gt;" in email.html and "<script>" not in email.html
+    assert email.headers["List-Unsubscribe"] == "<mailto:stop@example.net?subject=unsubscribe%20sub-1>"
+
+
+def test_the_subscribers_language_is_used_with_english_as_fallback() -> None:
+    french = render_alert(make_alert("fr"), IDENTITY)
+    assert french.language == "fr" and "Licenciés pour s'être syndiqués" in french.subject
+    assert "Twelve leaders" in french.text  # no French summary: the English one is shown
+    assert 'lang="fr"' in french.html
+    assert render_alert(make_alert("km"), IDENTITY).language == "en"
+
+
+def test_the_outbox_writes_each_alert_once(tmp_path: Path) -> None:
+    sink = OutboxSink(OutboxConfig(outbox_dir=tmp_path / "out"))
+    alert = make_alert()
+
+    async def twice() -> tuple[object, object]:
+        await sink.setup()
+        first = await sink.deliver([alert])
+        second = await sink.deliver([alert])
+        return first[0], second[0]
+
+    first, second = asyncio.run(twice())
+    assert first.accepted and not first.duplicate  # type: ignore[attr-defined]
+    assert second.accepted and second.duplicate  # type: ignore[attr-defined]
+    files = list((tmp_path / "out").iterdir())
+    assert [f.name for f in files] == [f"{alert.alert_id}.eml"]
+    message = BytesParser(policy=policy.default).parsebytes(files[0].read_bytes())
+    assert message["To"].addresses[0].addr_spec == "person@example.org"
+    assert message["Message-ID"] == f"<{alert.alert_id}@example.org>"
+    assert "Hidden Person" not in files[0].read_text()
+    assert message.get_body(("html",)) is not None and message.get_body(("plain",)) is not None
+
+
+def test_sinks_are_found_through_the_entry_point_group() -> None:
+    assert available_connectors()["outbox"] == "connectors.outbox:OutboxSink"
+    assert load_sink("outbox") is OutboxSink
+    with pytest.raises(ConfigurationError, match=r"no connector named 'carrier-pigeon'.*installed: .*outbox"):
+        load_sink("carrier-pigeon")
