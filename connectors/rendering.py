@@ -86,7 +86,7 @@ def render_alert(alert: Alert, identity: EmailIdentity) -> RenderedEmail:
         "reason": alert.reason,
         "reason_region": alert.reason.region.label if alert.reason.region else None,
         "reason_country": country_name(alert.reason.country) if alert.reason.country else None,
-        "unsubscribe_email": identity.unsubscribe_email,
+        "unsubscribe_email": parseaddr(identity.unsubscribe_email)[1],
     }
     env = _environment()
     subject = env.get_template(f"alert.{language}.subject.j2").render(context).strip()
