@@ -175,24 +175,31 @@ class PipelineHarness:
         """
 
         def matched_everywhere() -> bool:
-            partitions = {e["partition"] for e in self.events("case_update.matched") if e["event_id"] == event_id}
+            partitions = {
+                e["partition"] for e in self.events("case_update.matched") if e["event_id"] == event_id
+            }
             return partitions == set(range(self.partitions))
 
         self.wait_until(f"{event_id} to be matched on every partition", matched_everywhere)
         alerts = {
-            e["partition"]: e["matched"] for e in self.events("case_update.matched") if e["event_id"] == event_id
+            e["partition"]: e["matched"]
+            for e in self.events("case_update.matched")
+            if e["event_id"] == event_id
         }
         expected = sum(alerts.values())
         self.wait_until(
             f"{expected} alerts of {event_id} to be delivered",
-            lambda: len(
-                {
-                    e["alert_id"]
-                    for e in self.events()
-                    if e.get("event") in ("alert.delivered", "alert.dead_lettered") and e["event_id"] == event_id
-                }
-            )
-            >= expected,
+            lambda: (
+                len(
+                    {
+                        e["alert_id"]
+                        for e in self.events()
+                        if e.get("event") in ("alert.delivered", "alert.dead_lettered")
+                        and e["event_id"] == event_id
+                    }
+                )
+                >= expected
+            ),
         )
         return expected
 

@@ -31,13 +31,19 @@ def test_a_case_update_reaches_exactly_the_matching_subscribers(pipeline: Pipeli
     matching = [
         subscription("country@example.org", name="Rahima", countries=["BD"], interests=["union_busting"]),
         subscription("region@example.org", regions=["southern-asia"], brands=["h&m"]),
-        subscription("world@example.org", language="fr", worldwide=True, interests=["union_busting", "wages"]),
+        subscription(
+            "world@example.org", language="fr", worldwide=True, interests=["union_busting", "wages"]
+        ),
     ]
     others = [
         subscription("elsewhere@example.org", countries=["KH"], interests=["union_busting"]),
         subscription("other-topic@example.org", countries=["BD"], interests=["wages"], brands=["Zara"]),
-        subscription("unconfirmed@example.org", countries=["BD"], interests=["union_busting"], confirmed=False),
-        subscription("wins-only@example.org", worldwide=True, interests=["union_busting"], statuses=["remedy_won"]),
+        subscription(
+            "unconfirmed@example.org", countries=["BD"], interests=["union_busting"], confirmed=False
+        ),
+        subscription(
+            "wins-only@example.org", worldwide=True, interests=["union_busting"], statuses=["remedy_won"]
+        ),
     ]
     pipeline.subscribe(*matching, *others)
     pipeline.start_worker()
@@ -126,7 +132,9 @@ def test_malformed_records_go_to_dead_letters_and_the_stream_goes_on(pipeline: P
 
     not_json = b"\xff\xfe not json at all"
     bad_country = case_update().model_dump_json().replace('"BD"', '"XX"').encode()
-    future_version = case_update().model_dump_json().replace('"schema_version":1', '"schema_version":9').encode()
+    future_version = (
+        case_update().model_dump_json().replace('"schema_version":1', '"schema_version":9').encode()
+    )
     bad_subscription = json.dumps({"email": "not-an-address", "created_at": "2026-01-01T00:00:00Z"}).encode()
     pipeline.publish_raw(pipeline.names.case_updates, "bd-2026-1", not_json)
     pipeline.publish_raw(pipeline.names.case_updates, "bd-2026-1", bad_country)
@@ -139,7 +147,9 @@ def test_malformed_records_go_to_dead_letters_and_the_stream_goes_on(pipeline: P
     assert pipeline.wait_processed(good.event_id) == 1
     assert recipients(pipeline.emails_for(good.event_id)) == ["after@example.org"]
 
-    letters = [DeadLetter.model_validate_json(r.value) for r in pipeline.read_topic(pipeline.names.dead_letters)]
+    letters = [
+        DeadLetter.model_validate_json(r.value) for r in pipeline.read_topic(pipeline.names.dead_letters)
+    ]
     by_value = {letter.value: letter for letter in letters}
     assert set(by_value) == {not_json, bad_country, future_version, bad_subscription}
     assert by_value[not_json].errors[0].type == "json_invalid"
@@ -157,7 +167,9 @@ def test_malformed_records_go_to_dead_letters_and_the_stream_goes_on(pipeline: P
 
 
 def test_two_workers_share_the_partitions_and_alert_each_person_once(pipeline: PipelineHarness) -> None:
-    matching = [subscription(f"m{i}@example.org", countries=["BD"], interests=["union_busting"]) for i in range(24)]
+    matching = [
+        subscription(f"m{i}@example.org", countries=["BD"], interests=["union_busting"]) for i in range(24)
+    ]
     others = [subscription(f"o{i}@example.org", countries=["VN"], interests=["wages"]) for i in range(8)]
     pipeline.subscribe(*matching, *others)
     first, second = pipeline.start_worker(), pipeline.start_worker()
@@ -172,10 +184,53 @@ def test_two_workers_share_the_partitions_and_alert_each_person_once(pipeline: P
     accepted = Counter(d.subscriber_id for d in _deliveries(pipeline) if d.outcome == "accepted")
     assert accepted == Counter({s.subscriber_id: 1 for s in matching})
     matched_by = [
-        {e["partition"] for e in w.events() if e.get("event") == "case_update.matched"} for w in (first, second)
+        {e["partition"] for e in w.events() if e.get("event") == "case_update.matched"}
+        for w in (first, second)
     ]
     assert matched_by[0] and matched_by[1], "both workers should have matched their own partitions"
 
 
 def _deliveries(pipeline: PipelineHarness) -> list[DeliveryEvent]:
-    return [DeliveryEvent.model_validate_json(r.value) for r in pipeline.read_topic(pipeline.names.deliveries)]
+    return [
+        DeliveryEvent.model_validate_json(r.value) for r in pipeline.read_topic(pipeline.names.deliveries)
+    ]
+
+
+def test_shards_move_with_their_partitions_when_workers_join_and_leave(pipeline: PipelineHarness) -> None:
+    people = [
+        subscription(f"p{i}@example.org", countries=["BD"], interests=["union_busting"]) for i in range(16)
+    ]
+    pipeline.subscribe(*people)
+    first = pipeline.start_worker()
+    pipeline.wait_ready()
+    pipeline.wait_indexed(*(s.subscriber_id for s in people))
+
+    partition_of = {
+        e["subscriber_id"]: e["partition"] for e in first.events() if e.get("event") == "subscription.indexed"
+    }
+
+    # The newcomer's shards are rebuilt from the subscribers table's changelog before its
+    # streams start (it may also re-read records after the first worker's last commit).
+    second = pipeline.start_worker()
+    pipeline.wait_ready()
+    ready = [e for e in second.events() if e.get("event") == "worker.ready"][-1]
+    on_its_partitions = sum(p in ready["partitions"] for p in partition_of.values())
+    # Records after the first worker's last commit may be re-read rather than recovered:
+    # the changelog is flushed before every commit, so it holds at least everything committed.
+    assert 0 < ready["subscribers"] <= on_its_partitions
+    joined = case_update(status="escalated")
+    pipeline.publish(joined)
+    pipeline.wait_processed(joined.event_id)
+    assert recipients(pipeline.emails_for(joined.event_id)) == sorted(s.email for s in people)
+    assert any(e.get("event") == "case_update.matched" and e["matched"] for e in second.events())
+
+    # The first one leaves: the second takes every partition back, shards included.
+    assert first.stop() == 0
+    pipeline.workers.remove(first)
+    pipeline.wait_ready()
+    left = case_update(status="brand_responded")
+    pipeline.publish(left)
+    pipeline.wait_processed(left.event_id)
+    assert recipients(pipeline.emails_for(left.event_id)) == sorted(s.email for s in people)
+    accepted = Counter(d.alert_id for d in _deliveries(pipeline) if d.outcome == "accepted")
+    assert set(accepted.values()) == {1} and len(accepted) == 2 * len(people)
