@@ -1,23 +1,54 @@
-"""Turn an alert into an email: subject, text and HTML bodies, headers. Pure functions."""
+"""Turn an alert into an email: subject, text and HTML bodies, headers. Pure functions.
+
+An alert email has two kinds of content. Everything about the case (subject, what
+happened, the action call) is the same for every person who gets that update in that
+language: :func:`render_shared` renders it once, with a placeholder token in each of the
+three per-person slots (the greeting, the "why you got this" sentence and the subscriber
+id in the unsubscribe instructions). :func:`render_personal` renders one person's slot
+values, in plain text and in escaped HTML; :func:`fill` puts them in. :func:`render_alert`
+is exactly that composition, so a sink that renders per person (the outbox, SMTP) and one
+that lets the provider fill the slots (SendGrid's substitutions) send the same email.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import UTC
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
-from functools import cache
+from functools import cache, lru_cache
+from typing import ClassVar
 from urllib.parse import quote
 
 import jinja2
+from markupsafe import escape
 from pydantic import BaseModel, ConfigDict
 
-from schemas import Alert, country_name
+from schemas import Alert, MatchReason, PublicCase, country_name
 
-__all__ = ["SUPPORTED_LANGUAGES", "EmailIdentity", "RenderedEmail", "render_alert", "to_message"]
+__all__ = [
+    "PLACEHOLDER_MARK",
+    "SUPPORTED_LANGUAGES",
+    "EmailIdentity",
+    "PersonalParts",
+    "RenderedEmail",
+    "SharedEmail",
+    "fill",
+    "render_alert",
+    "render_personal",
+    "render_shared",
+    "template_language",
+    "to_message",
+    "unsubscribe_mailto",
+]
 
 SUPPORTED_LANGUAGES = ("en", "fr", "es")
 """Languages with their own templates; any other falls back to English."""
+
+PLACEHOLDER_MARK = "%mobilise_"
+"""Every placeholder token starts with this; case texts may not contain it."""
 
 
 class EmailIdentity(BaseModel):
@@ -47,6 +78,63 @@ class RenderedEmail(BaseModel):
     """Extra headers (List-Unsubscribe and the ids of the alert and case)."""
 
 
+class SharedEmail(BaseModel):
+    """What every recipient of one case update in one language gets, with placeholders.
+
+    ``text`` and ``html`` contain the tokens of :attr:`PersonalParts.placeholders` (text
+    tokens in ``text``, HTML tokens in ``html``); the subject has none.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    language: str
+    """The template language (the person's language, or English)."""
+    subject: str
+    """The subject line, on one line."""
+    text: str
+    """The plain-text body with text placeholders."""
+    html: str
+    """The HTML body with HTML placeholders."""
+
+
+class PersonalParts(BaseModel):
+    """One person's values for the slots of a :class:`SharedEmail`.
+
+    The HTML values are already escaped: a provider that substitutes the same value into
+    the text and the HTML body could not escape it, hence a separate token for each.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    greeting_text: str
+    greeting_html: str
+    why_text: str
+    why_html: str
+    subscriber_text: str
+    subscriber_html: str
+
+    placeholders: ClassVar[dict[str, str]] = {
+        field: f"{PLACEHOLDER_MARK}{field}%"
+        for field in (
+            "greeting_text",
+            "greeting_html",
+            "why_text",
+            "why_html",
+            "subscriber_text",
+            "subscriber_html",
+        )
+    }
+    """Field name → the token that stands for it in a shared body."""
+
+    def substitutions(self) -> dict[str, str]:
+        """Token → value, for :func:`fill` or a provider's substitutions."""
+        return {token: getattr(self, field) for field, token in self.placeholders.items()}
+
+
+_TOKENS = PersonalParts.placeholders
+_TOKEN_PATTERN = re.compile("|".join(re.escape(token) for token in _TOKENS.values()))
+
+
 @cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -59,53 +147,133 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def _pick(texts: dict[str, str], language: str) -> str:
+def _pick(texts: Mapping[str, str], language: str) -> str:
     """The text in ``language``, else English, else whichever language there is."""
     return texts.get(language) or texts.get("en") or next(iter(texts.values()))
 
 
-def render_alert(alert: Alert, identity: EmailIdentity) -> RenderedEmail:
-    """Render ``alert`` in the subscriber's language (English when there is no template)."""
-    language = alert.language if alert.language in SUPPORTED_LANGUAGES else "en"
-    case = alert.case
+def template_language(language: str) -> str:
+    """The language whose templates render an alert for a person speaking ``language``."""
+    return language if language in SUPPORTED_LANGUAGES else "en"
+
+
+def _mailbox(address: str) -> str:
+    return parseaddr(address)[1]
+
+
+def unsubscribe_mailto(identity: EmailIdentity, subscriber_id: str) -> str:
+    """The ``mailto:`` URI a person uses to unsubscribe (List-Unsubscribe and the footer)."""
+    return f"mailto:{_mailbox(identity.unsubscribe_email)}?subject={quote('unsubscribe ' + subscriber_id)}"
+
+
+def render_shared(case: PublicCase, language: str, identity: EmailIdentity) -> SharedEmail:
+    """Render what ``case`` looks like for every person speaking ``language``.
+
+    ``language`` is the person's language: titles and summaries are picked in it (falling
+    back to English), templates in :func:`template_language` of it.
+
+    Raises:
+        ValueError: a text of the case contains :data:`PLACEHOLDER_MARK`, which would be
+            mistaken for a slot.
+        jinja2.TemplateError: a template is broken.
+
+    """
+    # Tokens are made of letters, "%" and "_", which neither JSON nor HTML escaping
+    # changes, so a token can reach a rendered body only from a slot or from the case.
+    if PLACEHOLDER_MARK in case.model_dump_json() or PLACEHOLDER_MARK in identity.unsubscribe_email:
+        raise ValueError(
+            f"the case {case.case_id} contains {PLACEHOLDER_MARK!r}, which is reserved for the "
+            "per-person placeholders of alert emails; remove it from the case texts"
+        )
     action = case.action_call
     context = {
-        "alert": alert,
         "case": case,
-        "title": _pick(case.title, alert.language),
-        "summary": _pick(case.summary, alert.language),
+        "title": _pick(case.title, language),
+        "summary": _pick(case.summary, language),
         "country": country_name(case.country),
         "region": case.region.label,
         "action": action,
-        "instructions": _pick(action.instructions, alert.language) if action else None,
+        "instructions": _pick(action.instructions, language) if action else None,
         "deadline": (
             action.deadline.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
             if action and action.deadline
             else None
         ),
-        "reason": alert.reason,
-        "reason_region": alert.reason.region.label if alert.reason.region else None,
-        "reason_country": country_name(alert.reason.country) if alert.reason.country else None,
-        "unsubscribe_email": parseaddr(identity.unsubscribe_email)[1],
+        "unsubscribe_email": _mailbox(identity.unsubscribe_email),
     }
     env = _environment()
-    subject = env.get_template(f"alert.{language}.subject.j2").render(context).strip()
-    text = env.get_template(f"alert.{language}.txt.j2").render(context)
-    html = env.get_template(f"alert.{language}.html.j2").render(context)
-    mailbox = parseaddr(identity.unsubscribe_email)[1]
-    unsubscribe = f"mailto:{mailbox}?subject={quote('unsubscribe ' + alert.subscriber_id)}"
+    chosen = template_language(language)
+    subject = env.get_template(f"alert.{chosen}.subject.j2").render(context)
+    text = env.get_template(f"alert.{chosen}.txt.j2").render(
+        context,
+        greeting=_TOKENS["greeting_text"],
+        why=_TOKENS["why_text"],
+        subscriber_id=_TOKENS["subscriber_text"],
+    )
+    html = env.get_template(f"alert.{chosen}.html.j2").render(
+        context,
+        greeting=_TOKENS["greeting_html"],
+        why=_TOKENS["why_html"],
+        subscriber_id=_TOKENS["subscriber_html"],
+    )
+    return SharedEmail(language=chosen, subject=" ".join(subject.split()), text=text, html=html)
+
+
+@lru_cache(maxsize=4096)
+def _why(language: str, reason: MatchReason) -> tuple[str, str]:
+    # Many people share a reason (same country, same interest): render each once.
+    arguments = {
+        "reason": reason,
+        "reason_country": country_name(reason.country) if reason.country else None,
+        "reason_region": reason.region.label if reason.region else None,
+    }
+    env = _environment()
+    text = env.get_template(f"alert.{language}.personal.txt.j2").module.why(**arguments)  # type: ignore[attr-defined]  # a template macro
+    html = env.get_template(f"alert.{language}.personal.html.j2").module.why(**arguments)  # type: ignore[attr-defined]  # a template macro
+    return str(text), str(html)
+
+
+def render_personal(alert: Alert) -> PersonalParts:
+    """Render the per-person slot values of ``alert`` (its greeting, reason and subscriber id)."""
+    language = template_language(alert.language)
+    env = _environment()
+    greeting_text = env.get_template(f"alert.{language}.personal.txt.j2").module.greeting(alert.name)  # type: ignore[attr-defined]  # a template macro
+    greeting_html = env.get_template(f"alert.{language}.personal.html.j2").module.greeting(alert.name)  # type: ignore[attr-defined]  # a template macro
+    why_text, why_html = _why(language, alert.reason)
+    return PersonalParts(
+        greeting_text=str(greeting_text),
+        greeting_html=str(greeting_html),
+        why_text=why_text,
+        why_html=why_html,
+        subscriber_text=alert.subscriber_id,
+        subscriber_html=str(escape(alert.subscriber_id)),
+    )
+
+
+def fill(body: str, substitutions: Mapping[str, str]) -> str:
+    """Replace every placeholder token in ``body`` by its value, in one pass.
+
+    One pass, so a value that happens to contain a token is not substituted again.
+    """
+    return _TOKEN_PATTERN.sub(lambda match: substitutions[match.group(0)], body)
+
+
+def render_alert(alert: Alert, identity: EmailIdentity) -> RenderedEmail:
+    """Render ``alert`` in the subscriber's language (English when there is no template)."""
+    shared = render_shared(alert.case, alert.language, identity)
+    values = render_personal(alert).substitutions()
     return RenderedEmail(
         alert_id=alert.alert_id,
         to_email=str(alert.email),
         to_name=alert.name,
-        language=language,
-        subject=" ".join(subject.split()),
-        text=text,
-        html=html,
+        language=shared.language,
+        subject=shared.subject,
+        text=fill(shared.text, values),
+        html=fill(shared.html, values),
         headers={
-            "List-Unsubscribe": f"<{unsubscribe}>",
+            "List-Unsubscribe": f"<{unsubscribe_mailto(identity, alert.subscriber_id)}>",
             "X-Mobilise-Alert-Id": alert.alert_id,
-            "X-Mobilise-Case-Id": case.case_id,
+            "X-Mobilise-Case-Id": alert.case.case_id,
             "X-Mobilise-Event-Id": alert.event_id,
         },
     )

@@ -1,0 +1,457 @@
+"""SmtpSink: alerts through the network's own mail server, one message per person.
+
+For organisations that run their own mail server (or a relay such as Postfix on the same
+host). One authenticated connection is kept open across batches and replaced when the
+server closed it or after ``MOBILISE_SMTP_MAX_MESSAGES_PER_CONNECTION`` messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosmtplib
+import jinja2
+import structlog
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+
+from mobilise.errors import ConfigurationError, RetryableError
+from schemas import Alert
+
+from .base import Sink, SinkConfig, SinkOutcome
+from .rendering import EmailIdentity, render_alert, to_message
+
+__all__ = ["SmtpConfig", "SmtpSink"]
+
+log = structlog.get_logger(__name__)
+
+_SECRET_FIELDS = frozenset({"smtp_username", "smtp_password"})
+_ADDRESS = re.compile(r"[^\s@<>()\[\]\"',;:]+@[^\s@<>()\[\]\"',;:]+")
+_AUTH_CODES = frozenset({530, 534, 535, 538})
+"""Replies that mean "log in (properly) first" (RFC 4954), whatever command they answer."""
+_AUTH_RETRY_AFTER = 60.0
+"""Wrong credentials do not fix themselves, and servers ban clients that keep failing."""
+_MAX_ERROR_CHARS = 500
+
+
+class SmtpConfig(SinkConfig):
+    """Settings of the SMTP sink (environment: ``MOBILISE_SMTP_HOST`` and so on).
+
+    Raises:
+        ConfigurationError: a setting is missing or invalid; the message names the variable.
+
+    """
+
+    smtp_host: str = Field(min_length=1)
+    """The mail server's host name or address (required); TLS certificates are checked against it."""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    """The port: usually 587 for ``starttls``, 465 for ``tls``, 25 for a local relay."""
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    """``starttls``: plain connection upgraded with STARTTLS (required, not opportunistic);
+    ``tls``: implicit TLS from the first byte; ``none``: no encryption (a relay on localhost)."""
+    smtp_username: SecretStr | None = None
+    """User name for SMTP AUTH; set with the password or not at all (masked: often an address)."""
+    smtp_password: SecretStr | None = None
+    """Password for SMTP AUTH; set with the user name or not at all (masked when printed)."""
+    smtp_timeout: float = Field(default=30.0, gt=0, le=600)
+    """Seconds to wait for the server on connecting and on each command before giving up."""
+    smtp_ca_file: FilePath | None = None
+    """A PEM bundle of CA certificates to trust instead of the system's (e.g. a private CA)."""
+    smtp_max_messages_per_connection: int = Field(default=100, ge=1, le=100_000)
+    """Messages sent over one connection before it is closed and a new one opened."""
+    from_email: str = Field(default="Mobilise alerts <alerts@example.org>", min_length=3)
+    """The From header; its address is also the envelope sender (MAIL FROM)."""
+    unsubscribe_email: str = Field(default="unsubscribe@example.org", pattern=r"@")
+    """The mailbox named in List-Unsubscribe and in the footer."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors(include_url=False):
+                if not error["loc"]:  # a rule about several fields names them itself
+                    problems.append(str(error["msg"]).removeprefix("Value error, "))
+                    continue
+                name = str(error["loc"][0])
+                shown = "" if name in _SECRET_FIELDS else f"={error.get('input')!r}"
+                problems.append(f"MOBILISE_{name.upper()}{shown}: {error['msg']}")
+            raise ConfigurationError("invalid SMTP settings: " + "; ".join(problems)) from exc
+
+    @field_validator("from_email")
+    @classmethod
+    def _has_a_mailbox(cls, value: str) -> str:
+        if "@" not in parseaddr(value)[1]:
+            raise ValueError("must be an address, e.g. 'Network alerts <alerts@example.org>'")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials_in_pairs(self) -> SmtpConfig:
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            given, missing = (
+                ("MOBILISE_SMTP_USERNAME", "MOBILISE_SMTP_PASSWORD")
+                if self.smtp_password is None
+                else ("MOBILISE_SMTP_PASSWORD", "MOBILISE_SMTP_USERNAME")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not: set both to log in to the server, "
+                "or neither to send without logging in"
+            )
+        return self
+
+
+class _Unavailable(Exception):
+    """No usable connection: the alerts not sent yet are retryable."""
+
+
+class _AuthFailed(Exception):
+    """The server refused our credentials, or wants some we do not have."""
+
+
+class SmtpSink(Sink[SmtpConfig]):
+    """Sends each alert as its own message through an SMTP server.
+
+    Delivery guarantee: at least once, from the SMTP server's point of view. The framework
+    records an alert as sent only after the server answered 250 to its message, and never
+    hands a recorded alert to the sink again; SMTP has no idempotency key, so the only
+    duplicates are of the batch in flight: a worker that dies after the server's 250 but
+    before the record, or an answer lost to a timeout or dropped connection after the
+    server had taken the message (reported as retryable, so sent again).
+
+    Outcomes per alert: 250 accepted (provider id: the Message-ID header); 5xx (recipient
+    refused, message rejected) permanent, with the server's code and text; 4xx retryable.
+    A lost connection, a timeout or an unreachable server makes the alert and the rest of
+    the batch retryable, and the next attempt reconnects. Refused credentials (or a server
+    that demands them) raise :class:`RetryableError` for the batch, naming the variables
+    to check. Addresses are replaced by ``[address]`` in errors and logs.
+    """
+
+    name = "smtp"
+    Config = SmtpConfig
+
+    def __init__(self, config: SmtpConfig) -> None:
+        super().__init__(config)
+        self._identity = EmailIdentity(
+            from_email=config.from_email, unsubscribe_email=config.unsubscribe_email
+        )
+        self._sender = parseaddr(config.from_email)[1]
+        self._tls_context: ssl.SSLContext | None = None
+        self._client: aiosmtplib.SMTP | None = None
+        self._sent_on_connection = 0
+        self._ready = False
+        # One connection carries one transaction at a time.
+        self._lock = asyncio.Lock()
+
+    async def setup(self) -> None:
+        """Load the CA bundle; connect lazily, on the first batch.
+
+        Raises:
+            ConfigurationError: the CA bundle cannot be read.
+
+        """
+        if self.config.smtp_security != "none":
+            self._tls_context = await asyncio.to_thread(_tls_context, self.config.smtp_ca_file)
+        self._ready = True
+        log.info(
+            "smtp.ready",
+            host=self.config.smtp_host,
+            port=self.config.smtp_port,
+            security=self.config.smtp_security,
+            authenticated=self.config.smtp_username is not None,
+            private_ca=self.config.smtp_ca_file is not None,
+        )
+        if self.config.smtp_security == "none" and self.config.smtp_username is not None:
+            log.warning(
+                "smtp.plaintext_credentials",
+                detail="MOBILISE_SMTP_SECURITY is none: the password crosses the network unencrypted",
+            )
+
+    async def close(self) -> None:
+        """Say QUIT and close the connection, if one is open."""
+        async with self._lock:
+            await self._disconnect(reason="closing")
+
+    async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
+        """Send each alert of the batch as its own message; one outcome per alert id.
+
+        Raises:
+            RetryableError: the server refused our credentials (or wants some) before any
+                alert of the batch was sent.
+
+        """
+        if not self._ready:
+            raise RuntimeError("SmtpSink.deliver() was called before setup()")
+        unique = list({alert.alert_id: alert for alert in alerts}.values())
+        if not unique:
+            return []
+        # Rendering is CPU work: keep it off the event loop that also serves Kafka.
+        rendered = await asyncio.to_thread(self._render_all, unique)
+        async with self._lock:
+            return await self._send_all(rendered)
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def _render_all(self, alerts: list[Alert]) -> list[tuple[Alert, EmailMessage | SinkOutcome]]:
+        return [(alert, self._render(alert)) for alert in alerts]
+
+    def _render(self, alert: Alert) -> EmailMessage | SinkOutcome:
+        try:
+            return to_message(render_alert(alert, self._identity), self._identity, date_source=alert)
+        except (jinja2.TemplateError, ValueError) as exc:
+            # The same alert fails the same way every time: a permanent failure.
+            return SinkOutcome(alert_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _send_all(self, rendered: list[tuple[Alert, EmailMessage | SinkOutcome]]) -> list[SinkOutcome]:
+        outcomes: list[SinkOutcome] = []
+        checked = False
+        for index, (alert, message) in enumerate(rendered):
+            if isinstance(message, SinkOutcome):
+                outcomes.append(message)
+                continue
+            try:
+                client = await self._connection(check=not checked)
+                checked = True
+                outcome = await self._send(client, alert, message)
+            except _Unavailable as exc:
+                return outcomes + _all_retryable(rendered[index:], str(exc))
+            except _AuthFailed as exc:
+                if not any(o.accepted for o in outcomes):
+                    raise RetryableError(str(exc), retry_after=_AUTH_RETRY_AFTER) from exc
+                # Some were sent on an earlier connection: report them, or they would be sent twice.
+                return outcomes + _all_retryable(rendered[index:], str(exc), _AUTH_RETRY_AFTER)
+            outcomes.append(outcome)
+        return outcomes
+
+    async def _send(self, client: aiosmtplib.SMTP, alert: Alert, message: EmailMessage) -> SinkOutcome:
+        self._sent_on_connection += 1
+        try:
+            await client.send_message(message, sender=self._sender, recipients=[str(alert.email)])
+        except asyncio.CancelledError:
+            self._drop(reason="cancelled")  # mid-transaction: the connection cannot be reused
+            raise
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0]
+            return self._refused(alert, refusal.code, refusal.message, "refused the recipient")
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421:  # "closing the transmission channel" (RFC 5321 §3.8)
+                self._drop()
+                raise _Unavailable(
+                    _report_unavailable(self.config, "is closing the connection", exc)
+                ) from exc
+            if exc.code in _AUTH_CODES:
+                self._drop()
+                raise _AuthFailed(_report_auth_failure(self.config, exc)) from exc
+            if isinstance(exc, aiosmtplib.SMTPSenderRefused) and exc.code >= 500:
+                log.error(
+                    "smtp.sender_refused",
+                    host=self.config.smtp_host,
+                    code=exc.code,
+                    fix="check MOBILISE_FROM_EMAIL: the server must accept its address as sender "
+                    "(for this login, if there is one)",
+                )
+                return self._refused(alert, exc.code, exc.message, "refused the sender")
+            return self._refused(alert, exc.code, exc.message, "refused the message")
+        except (aiosmtplib.SMTPNotSupported, ValueError) as exc:
+            # An address this server cannot take (e.g. non-ASCII without SMTPUTF8): it won't later.
+            return SinkOutcome(
+                alert_id=alert.alert_id, accepted=False, error=f"cannot send over SMTP: {_redact(str(exc))}"
+            )
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            # Disconnected or timed out, maybe after the server took the message: the state of
+            # the connection is unknown, so it goes.
+            self._drop()
+            raise _Unavailable(
+                _report_unavailable(self.config, "connection failed while sending", exc)
+            ) from exc
+        return SinkOutcome(alert_id=alert.alert_id, accepted=True, provider_message_id=message["Message-ID"])
+
+    def _refused(self, alert: Alert, code: int, text: str, what: str) -> SinkOutcome:
+        permanent = code >= 500
+        error = _clip(f"the SMTP server {what} ({code}): {_redact(text)}")
+        log.warning(
+            "smtp.refused",
+            alert_id=alert.alert_id,
+            case_id=alert.case.case_id,
+            code=code,
+            permanent=permanent,
+        )
+        return SinkOutcome(alert_id=alert.alert_id, accepted=False, retryable=not permanent, error=error)
+
+    # -- the connection --------------------------------------------------------------------
+
+    async def _connection(self, *, check: bool) -> aiosmtplib.SMTP:
+        """An open, authenticated connection: the current one if it still works, else a new one.
+
+        ``check`` asks the server (NOOP) whether a connection that sat idle since the last
+        batch is still alive; servers close idle clients, sometimes without us noticing.
+        """
+        client = self._client
+        if client is not None and not client.is_connected:
+            self._drop(reason="closed_by_server")
+        elif client is not None and self._sent_on_connection >= self.config.smtp_max_messages_per_connection:
+            await self._disconnect(reason="max_messages")
+        elif client is not None and check:
+            try:
+                await client.noop()
+            except (aiosmtplib.SMTPException, OSError):
+                self._drop(reason="closed_by_server")
+        if self._client is None:
+            self._client = await self._connect()
+            self._sent_on_connection = 0
+        return self._client
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        config = self.config
+        client = aiosmtplib.SMTP(
+            hostname=config.smtp_host,
+            port=config.smtp_port,
+            use_tls=config.smtp_security == "tls",
+            start_tls=config.smtp_security == "starttls",
+            tls_context=self._tls_context,
+            timeout=config.smtp_timeout,
+        )
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPResponseException as exc:  # a greeting other than 220
+            client.close()
+            raise _Unavailable(_report_unavailable(config, "refused the connection", exc)) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise _Unavailable(_report_unavailable(config, "cannot connect", exc)) from exc
+        if config.smtp_username is not None and config.smtp_password is not None:
+            try:
+                await client.login(
+                    config.smtp_username.get_secret_value(), config.smtp_password.get_secret_value()
+                )
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                client.close()
+                raise _AuthFailed(_report_auth_failure(config, exc)) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                client.close()
+                raise _Unavailable(_report_unavailable(config, "failed during login", exc)) from exc
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+                client.close()
+                raise _Unavailable(
+                    _report_unavailable(config, "connection failed during login", exc)
+                ) from exc
+            except aiosmtplib.SMTPException as exc:  # no AUTH offered, or no mechanism we know
+                client.close()
+                raise _AuthFailed(
+                    f"the SMTP server {config.smtp_host}:{config.smtp_port} cannot log us in: {exc}; "
+                    "check MOBILISE_SMTP_SECURITY (servers offer AUTH only over TLS) and "
+                    "MOBILISE_SMTP_USERNAME/MOBILISE_SMTP_PASSWORD (unset both if it needs no login)"
+                ) from exc
+        log.info(
+            "smtp.connected",
+            host=config.smtp_host,
+            port=config.smtp_port,
+            security=config.smtp_security,
+            authenticated=config.smtp_username is not None,
+        )
+        return client
+
+    async def _disconnect(self, *, reason: str) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if client.is_connected:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                pass  # leaving anyway
+            finally:
+                client.close()
+        log.info(
+            "smtp.disconnected", host=self.config.smtp_host, reason=reason, sent=self._sent_on_connection
+        )
+
+    def _drop(self, reason: str = "failed") -> None:
+        """Forget the connection without a QUIT (it is closed, broken or in an unknown state)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+            log.info(
+                "smtp.disconnected", host=self.config.smtp_host, reason=reason, sent=self._sent_on_connection
+            )
+
+
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (ssl.SSLError, OSError) as exc:
+        message = f"MOBILISE_SMTP_CA_FILE={str(ca_file)!r}: cannot load it as PEM CA certificates ({exc})"
+        raise ConfigurationError(message) from exc
+
+
+def _all_retryable(
+    rest: Sequence[tuple[Alert, EmailMessage | SinkOutcome]], error: str, retry_after: float | None = None
+) -> list[SinkOutcome]:
+    return [
+        message
+        if isinstance(message, SinkOutcome)
+        else SinkOutcome(
+            alert_id=alert.alert_id, accepted=False, retryable=True, retry_after=retry_after, error=error
+        )
+        for alert, message in rest
+    ]
+
+
+def _report_unavailable(config: SmtpConfig, what: str, exc: BaseException) -> str:
+    """Log why the server is unusable; return it as one line, with the fix for TLS mistakes."""
+    where = f"{config.smtp_host}:{config.smtp_port}"
+    error = _clip(f"the SMTP server {where} {what}: {_redact(_text(exc))}")
+    fields: dict[str, Any] = {"host": config.smtp_host, "port": config.smtp_port, "error": error}
+    if _caused_by(exc, ssl.SSLCertVerificationError):
+        fix = (
+            f"the server's certificate is not trusted for {config.smtp_host!r}: set MOBILISE_SMTP_CA_FILE "
+            "to the CA bundle that signed it, and MOBILISE_SMTP_HOST to a name in the certificate"
+        )
+        log.error("smtp.untrusted_certificate", fix=fix, **fields)
+        return f"{error}; {fix}"
+    if _caused_by(exc, ssl.SSLError) or "STARTTLS" in str(exc):
+        fix = "check MOBILISE_SMTP_SECURITY and MOBILISE_SMTP_PORT: starttls usually on 587, tls on 465"
+        log.error("smtp.tls_failed", fix=fix, **fields)
+        return f"{error}; {fix}"
+    log.warning("smtp.unavailable", **fields)
+    return error
+
+
+def _report_auth_failure(config: SmtpConfig, exc: aiosmtplib.SMTPResponseException) -> str:
+    message = _clip(
+        f"the SMTP server {config.smtp_host}:{config.smtp_port} refused to log us in "
+        f"({exc.code} {_redact(exc.message)}); check MOBILISE_SMTP_USERNAME and MOBILISE_SMTP_PASSWORD"
+    )
+    log.error("smtp.authentication_failed", host=config.smtp_host, port=config.smtp_port, code=exc.code)
+    return message
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _text(exc: BaseException) -> str:
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return f"{exc.code} {exc.message}"
+    return str(exc) or type(exc).__name__
+
+
+def _redact(text: str) -> str:
+    # Servers quote the recipient in their replies; deliveries and logs never carry addresses.
+    return _ADDRESS.sub("[address]", " ".join(text.split()))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
