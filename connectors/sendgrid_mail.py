@@ -1,0 +1,620 @@
+"""SendGridSink: alerts through SendGrid's v3 Mail Send API, up to 1,000 people per request.
+
+Alerts of one case update in one language share everything but three slots (greeting,
+"why you got this", subscriber id), so each such group is rendered once and sent as
+requests of up to 1,000 personalizations; SendGrid fills each person's slots from their
+``substitutions``. Planning the requests (:func:`plan_requests`), judging SendGrid's answers
+(:func:`judge_response`) and pacing (:class:`TokenBucket`) are pure; the sink only sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any, Literal
+from urllib.parse import quote
+
+import aiohttp
+import jinja2
+import structlog
+from pydantic import Field, SecretStr, ValidationError, field_validator
+
+from mobilise.errors import ConfigurationError
+from schemas import Alert, PublicCase
+
+from .base import Sink, SinkConfig, SinkOutcome
+from .rendering import (
+    EmailIdentity,
+    SharedEmail,
+    fill,
+    render_personal,
+    render_shared,
+    unsubscribe_mailto,
+)
+
+__all__ = [
+    "MAX_PERSONALIZATIONS",
+    "MAX_SUBSTITUTION_BYTES",
+    "MailRequest",
+    "SendGridConfig",
+    "SendGridSink",
+    "TokenBucket",
+    "Verdict",
+    "judge_response",
+    "plan_requests",
+]
+
+log = structlog.get_logger(__name__)
+
+MAX_PERSONALIZATIONS = 1000
+"""SendGrid's ceiling on personalizations (and on recipients) in one request."""
+MAX_SUBSTITUTION_BYTES = 10_000
+"""SendGrid's ceiling on one personalization's substitutions (keys and values, UTF-8)."""
+_MAX_ERROR_CHARS = 1000
+_ADDRESS = re.compile(r"[^\s@<>()\[\]\"',;:]+@[^\s@<>()\[\]\"',;:]+")
+_PERSONALIZATION_FIELD = re.compile(r"^personalizations\.(\d+)\b")
+
+
+class SendGridConfig(SinkConfig):
+    """Settings of the SendGrid sink (environment: ``MOBILISE_SENDGRID_API_KEY`` and so on).
+
+    Raises:
+        ConfigurationError: a setting is missing or invalid; the message names the variable.
+
+    """
+
+    sendgrid_api_key: SecretStr = Field(min_length=1)
+    """API key with the Mail Send permission (required; masked when printed)."""
+    sendgrid_host: str = "https://api.sendgrid.com"
+    """Scheme and host of the API (``https://api.eu.sendgrid.com`` for EU regional subusers)."""
+    sendgrid_sandbox: bool = False
+    """Sandbox mode: SendGrid validates each request, answers 200 and delivers nothing."""
+    sendgrid_max_requests_per_second: float = Field(default=10.0, gt=0, le=10_000)
+    """Ceiling on requests per second from one worker (bursts up to one second's worth)."""
+    sendgrid_timeout: float = Field(default=30.0, gt=0, le=600)
+    """Seconds to wait for SendGrid's answer to one request before calling it retryable."""
+    from_email: str = Field(default="Mobilise alerts <alerts@example.org>", min_length=3)
+    """The From header: a sender SendGrid has verified for the key's account."""
+    unsubscribe_email: str = Field(default="unsubscribe@example.org", pattern=r"@")
+    """The mailbox named in List-Unsubscribe and in the footer."""
+    public_url: str | None = None
+    """Public HTTPS base of the unsubscribe web endpoint; when set, emails also carry
+    ``List-Unsubscribe: <{public_url}/unsubscribe/{subscriber_id}>`` and RFC 8058 one-click."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors(include_url=False):
+                name = str(error["loc"][0]) if error["loc"] else "?"
+                shown = "" if name == "sendgrid_api_key" else f"={error.get('input')!r}"
+                problems.append(f"MOBILISE_{name.upper()}{shown}: {error['msg']}")
+            raise ConfigurationError("invalid SendGrid settings: " + "; ".join(problems)) from exc
+
+    @field_validator("from_email")
+    @classmethod
+    def _has_a_mailbox(cls, value: str) -> str:
+        if "@" not in parseaddr(value)[1]:
+            raise ValueError("must be an address, e.g. 'Network alerts <alerts@example.org>'")
+        return value
+
+    @field_validator("sendgrid_host")
+    @classmethod
+    def _is_a_base_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+/?", value):
+            raise ValueError(
+                "must be the API's scheme and host only, e.g. 'https://api.sendgrid.com' "
+                "(or 'https://api.eu.sendgrid.com')"
+            )
+        return value.rstrip("/")
+
+    @field_validator("public_url")
+    @classmethod
+    def _is_https(cls, value: str | None) -> str | None:
+        if not value:  # unset, or set to nothing
+            return None
+        if not re.fullmatch(r"https://[^\s/]+(/[^\s]*)?", value):
+            raise ValueError(
+                "must be the https:// address the unsubscribe endpoint is served under, e.g. "
+                "'https://alerts.example.org' (RFC 8058 one-click unsubscribe needs HTTPS); "
+                "leave it unset to send only the mailto: link"
+            )
+        return value.rstrip("/")
+
+
+class TokenBucket:
+    """At most ``rate`` acquisitions per second on average, and ``burst`` at once.
+
+    Pure: the caller passes the time, so tests drive it with a fake clock. A reservation
+    that has to wait still takes its token (the bucket goes into debt), so callers that
+    reserve one after another are spaced ``1 / rate`` apart.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, not {rate!r}")
+        self.rate = rate
+        self.burst = max(1.0, rate if burst is None else burst)
+        self._tokens = self.burst
+        self._updated: float | None = None
+
+    def reserve(self, now: float) -> float:
+        """Take one token at time ``now`` (seconds); return how long to wait before using it."""
+        if self._updated is None:
+            self._updated = now
+        elif now > self._updated:  # a clock that steps back refills nothing
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+@dataclass(frozen=True)
+class MailRequest:
+    """One Mail Send request: the JSON body, and the alert of each personalization in order."""
+
+    alert_ids: tuple[str, ...]
+    body: dict[str, Any]
+    event_id: str
+    case_id: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an answer from SendGrid means for the alerts of the request."""
+
+    kind: Literal["accepted", "retryable", "permanent"]
+    status: int | None = None
+    """The HTTP status; None when no answer came."""
+    message_id: str | None = None
+    """X-Message-Id, when accepted."""
+    retry_after: float | None = None
+    """Seconds to wait before trying again, when SendGrid said."""
+    error: str | None = None
+    """What went wrong, for failures."""
+    culprits: frozenset[int] = field(default_factory=frozenset)
+    """Personalizations a 400 named; when set only those are permanent failures."""
+    halt: bool = False
+    """Send nothing more in this batch (rate limited, or SendGrid unreachable)."""
+
+
+def _substitution_bytes(values: Mapping[str, str]) -> int:
+    return sum(len(key.encode()) + len(value.encode()) for key, value in values.items())
+
+
+def _address(email: str, name: str | None) -> dict[str, str]:
+    if not name:
+        return {"email": email}
+    if "," in name or ";" in name:
+        # SendGrid reads an unquoted comma or semicolon in a name as an address separator;
+        # its own client libraries quote such names.
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return {"email": email, "name": name}
+
+
+def _groups(alerts: Sequence[Alert]) -> Iterator[list[Alert]]:
+    """Alerts that get the same email body: same event, same language, same case content."""
+    by_key: dict[tuple[str, str], list[tuple[PublicCase, list[Alert]]]] = {}
+    seen: set[str] = set()
+    for alert in alerts:
+        if alert.alert_id in seen:
+            continue
+        seen.add(alert.alert_id)
+        groups = by_key.setdefault((alert.event_id, alert.language), [])
+        for case, members in groups:
+            if alert.case is case or alert.case == case:
+                members.append(alert)
+                break
+        else:
+            groups.append((alert.case, [alert]))
+    for groups in by_key.values():
+        for _, members in groups:
+            yield members
+
+
+def _chunks(people: list[tuple[Alert, dict[str, str]]]) -> Iterator[list[tuple[Alert, dict[str, str]]]]:
+    """Requests of at most 1,000 people in which no address appears twice.
+
+    The n-th alert to one address goes into the n-th layer; each layer is cut into
+    chunks of 1,000. Usually there is one layer.
+    """
+    layers: list[list[tuple[Alert, dict[str, str]]]] = []
+    count: dict[str, int] = {}
+    for person in people:
+        address = str(person[0].email).casefold()
+        depth = count.get(address, 0)
+        count[address] = depth + 1
+        if depth == len(layers):
+            layers.append([])
+        layers[depth].append(person)
+    for layer in layers:
+        for start in range(0, len(layer), MAX_PERSONALIZATIONS):
+            yield layer[start : start + MAX_PERSONALIZATIONS]
+
+
+def _request(
+    shared: SharedEmail,
+    people: Sequence[tuple[Alert, dict[str, str] | None]],
+    identity: EmailIdentity,
+    *,
+    sandbox: bool,
+    public_url: str | None,
+) -> MailRequest:
+    first = people[0][0]
+    sender_name, sender_email = parseaddr(identity.from_email)
+    headers = {"X-Mobilise-Case-Id": first.case.case_id, "X-Mobilise-Event-Id": first.event_id}
+    if public_url:
+        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    personalizations = []
+    for alert, values in people:
+        unsubscribe = f"<{unsubscribe_mailto(identity, alert.subscriber_id)}>"
+        if public_url:
+            unsubscribe += f", <{public_url.rstrip('/')}/unsubscribe/{quote(alert.subscriber_id, safe='')}>"
+        personalization: dict[str, Any] = {
+            "to": [_address(str(alert.email), alert.name)],
+            # Ids only: SendGrid keeps custom_args and categories, and treats them as not personal.
+            "custom_args": {
+                "alert_id": alert.alert_id,
+                "event_id": alert.event_id,
+                "subscriber_id": alert.subscriber_id,
+            },
+            "headers": {"List-Unsubscribe": unsubscribe, "X-Mobilise-Alert-Id": alert.alert_id},
+        }
+        if values is not None:
+            personalization["substitutions"] = values
+        personalizations.append(personalization)
+    body: dict[str, Any] = {
+        "personalizations": personalizations,
+        "from": _address(sender_email, sender_name),
+        "subject": shared.subject,
+        # SendGrid wants text/plain first, then text/html.
+        "content": [
+            {"type": "text/plain", "value": shared.text},
+            {"type": "text/html", "value": shared.html},
+        ],
+        "headers": headers,
+        "categories": ["mobilise", f"case:{first.case.case_id}"],
+    }
+    if sandbox:
+        body["mail_settings"] = {"sandbox_mode": {"enable": True}}
+    return MailRequest(
+        alert_ids=tuple(alert.alert_id for alert, _ in people),
+        body=body,
+        event_id=first.event_id,
+        case_id=first.case.case_id,
+    )
+
+
+def plan_requests(
+    alerts: Sequence[Alert],
+    identity: EmailIdentity,
+    *,
+    sandbox: bool = False,
+    public_url: str | None = None,
+) -> tuple[list[MailRequest], list[SinkOutcome]]:
+    """Plan the Mail Send requests that deliver ``alerts``. Pure.
+
+    Alerts with the same event, language and case content share one rendered body with
+    placeholders; each person's slot values go in their personalization's
+    ``substitutions`` (separate keys for text and escaped HTML). Requests hold at most
+    1,000 personalizations and never one address twice. A person whose substitutions
+    would exceed SendGrid's 10,000 bytes gets a request of their own with the body
+    filled in. An alert id given twice is planned once.
+
+    Returns:
+        The requests, and permanent-failure outcomes for alerts that cannot be rendered.
+
+    """
+    requests: list[MailRequest] = []
+    failed: list[SinkOutcome] = []
+
+    def request(shared: SharedEmail, people: Sequence[tuple[Alert, dict[str, str] | None]]) -> MailRequest:
+        return _request(shared, people, identity, sandbox=sandbox, public_url=public_url)
+
+    for group in _groups(alerts):
+        try:
+            shared = render_shared(group[0].case, group[0].language, identity)
+        except (jinja2.TemplateError, ValueError) as exc:
+            failed.extend(_cannot_render(alert, exc) for alert in group)
+            continue
+        people: list[tuple[Alert, dict[str, str]]] = []
+        for alert in group:
+            try:
+                values = render_personal(alert).substitutions()
+            except (jinja2.TemplateError, ValueError) as exc:
+                failed.append(_cannot_render(alert, exc))
+                continue
+            if _substitution_bytes(values) < MAX_SUBSTITUTION_BYTES:
+                people.append((alert, values))
+            else:
+                alone = shared.model_copy(
+                    update={"text": fill(shared.text, values), "html": fill(shared.html, values)}
+                )
+                requests.append(request(alone, [(alert, None)]))
+        requests.extend(request(shared, chunk) for chunk in _chunks(people))
+    return requests, failed
+
+
+def _cannot_render(alert: Alert, exc: Exception) -> SinkOutcome:
+    # The same alert fails the same way every time: a permanent failure.
+    return SinkOutcome(alert_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
+
+
+def _describe_errors(body: str) -> tuple[str, frozenset[int]]:
+    """SendGrid's error body in one line, and the personalizations its errors name."""
+    parts: list[str] = []
+    named: set[int] = set()
+    whole_request = False
+    try:
+        for error in json.loads(body)["errors"]:
+            where = error.get("field")
+            parts.append(f"{where}: {error.get('message')}" if where else str(error.get("message")))
+            index = _PERSONALIZATION_FIELD.match(where or "")
+            if index:
+                named.add(int(index.group(1)))
+            else:
+                whole_request = True
+    except (ValueError, KeyError, TypeError, AttributeError):
+        parts, whole_request = [" ".join(body.split())], True
+    text = "; ".join(parts) or "(no body)"
+    if len(text) > _MAX_ERROR_CHARS:
+        text = text[: _MAX_ERROR_CHARS - 1] + "…"
+    return text, frozenset() if whole_request else frozenset(named)
+
+
+def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    reset = headers.get("X-RateLimit-Reset")
+    if reset is not None:
+        try:
+            return max(1.0, float(reset) - now)
+        except ValueError:
+            pass
+    try:
+        return max(1.0, float(headers.get("Retry-After", "")))
+    except ValueError:
+        return None
+
+
+def judge_response(status: int, headers: Mapping[str, str], body: str, *, now: float) -> Verdict:
+    """What SendGrid's answer means. Pure.
+
+    Args:
+        status: The HTTP status.
+        headers: The response headers (case-insensitive mapping for real responses).
+        body: The response body.
+        now: The current Unix time, to turn X-RateLimit-Reset into seconds.
+
+    Returns:
+        202 (and 200, sandbox mode): accepted. 429: retryable after X-RateLimit-Reset,
+        halting the batch. 5xx and other unexpected statuses: retryable. 4xx: permanent,
+        with SendGrid's errors; a 400 whose errors all name personalizations has
+        those as ``culprits``.
+
+    """
+    message_id = headers.get("X-Message-Id")
+    if status in (200, 202):
+        return Verdict(kind="accepted", status=status, message_id=message_id)
+    error, culprits = _describe_errors(body)
+    if status == 429:
+        retry_after = _retry_after(headers, now)
+        return Verdict(
+            kind="retryable",
+            status=status,
+            retry_after=retry_after,
+            error=f"SendGrid rate limit (429): {error}",
+            halt=True,
+        )
+    if 400 <= status < 500:
+        return Verdict(
+            kind="permanent",
+            status=status,
+            error=f"SendGrid refused the request ({status}): {error}",
+            culprits=culprits if status == 400 else frozenset(),
+        )
+    return Verdict(kind="retryable", status=status, error=f"SendGrid answered {status}: {error}")
+
+
+def _redact(text: str | None) -> str | None:
+    return _ADDRESS.sub("[address]", text) if text else text
+
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class SendGridSink(Sink[SendGridConfig]):
+    """Sends alerts through SendGrid's v3 Mail Send API.
+
+    Delivery guarantee: at least once, with duplicates bounded by one request. The
+    framework records an alert as sent only after SendGrid answered 202 for the request
+    that carried it, and never hands a recorded alert to the sink again. SendGrid's Mail
+    Send has no idempotency key, so the window for a duplicate is one request (at most
+    1,000 recipients) whose 202 was received but not yet recorded when the worker died —
+    or whose answer was lost (a timeout or dropped connection after SendGrid had accepted
+    it), which is reported as retryable and sent again.
+
+    Outcomes per request: 202 accepted (provider id: X-Message-Id); 200 in sandbox mode
+    accepted, nothing sent (logged as ``sendgrid.sandboxed``); 429 retryable after
+    X-RateLimit-Reset, and the rest of the batch is not sent either; 5xx, timeouts and
+    connection errors retryable; 4xx permanent with SendGrid's errors (a 400 naming
+    particular personalizations fails only those, and the rest are tried again). Other
+    requests of the batch proceed. The request rate of one worker is capped by
+    ``MOBILISE_SENDGRID_MAX_REQUESTS_PER_SECOND``.
+    """
+
+    name = "sendgrid"
+    Config = SendGridConfig
+
+    def __init__(
+        self,
+        config: SendGridConfig,
+        *,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        super().__init__(config)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
+        self._bucket = TokenBucket(config.sendgrid_max_requests_per_second)
+        self._identity = EmailIdentity(
+            from_email=config.from_email, unsubscribe_email=config.unsubscribe_email
+        )
+        self._url = config.sendgrid_host.rstrip("/") + "/v3/mail/send"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def setup(self) -> None:
+        """Open the HTTP session (inside the event loop that will use it)."""
+        if self._session is not None and not self._session.closed:
+            return
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.sendgrid_timeout),
+            headers={
+                "Authorization": f"Bearer {self.config.sendgrid_api_key.get_secret_value()}",
+                "User-Agent": "mobilise-sendgrid-sink",
+            },
+        )
+        log.info(
+            "sendgrid.ready",
+            host=self.config.sendgrid_host,
+            sandbox=self.config.sendgrid_sandbox,
+            max_requests_per_second=self.config.sendgrid_max_requests_per_second,
+            one_click_unsubscribe=self.config.public_url is not None,
+        )
+        if self.config.sendgrid_sandbox:
+            log.warning(
+                "sendgrid.sandbox_mode",
+                detail="MOBILISE_SENDGRID_SANDBOX is on: SendGrid validates every request and delivers "
+                "nothing, yet the alerts are recorded as sent",
+            )
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
+        """Send the batch as few requests as the limits allow; one outcome per alert."""
+        if not alerts:
+            return []
+        requests, outcomes = await asyncio.to_thread(
+            plan_requests,
+            alerts,
+            self._identity,
+            sandbox=self.config.sendgrid_sandbox,
+            public_url=self.config.public_url,
+        )
+        halted: Verdict | None = None
+        for request in requests:
+            if halted is not None:
+                outcomes.extend(
+                    SinkOutcome(
+                        alert_id=alert_id,
+                        accepted=False,
+                        retryable=True,
+                        retry_after=halted.retry_after,
+                        error=f"not sent, an earlier request of the batch failed: {halted.error}",
+                    )
+                    for alert_id in request.alert_ids
+                )
+                continue
+            verdict = await self._send(request)
+            outcomes.extend(_outcomes(request, verdict))
+            if verdict.halt:
+                halted = verdict
+        return outcomes
+
+    async def _send(self, request: MailRequest) -> Verdict:
+        if self._session is None:
+            raise RuntimeError("SendGridSink.deliver() was called before setup()")
+        wait = self._bucket.reserve(self._clock())
+        if wait > 0:
+            await self._sleep(wait)
+        payload = json.dumps(request.body, ensure_ascii=False).encode("utf-8")
+        try:
+            async with self._session.post(
+                self._url, data=payload, headers={"Content-Type": "application/json"}
+            ) as response:
+                body = (await response.read()).decode("utf-8", errors="replace")
+                verdict = judge_response(response.status, response.headers, body, now=self._wall_clock())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            verdict = Verdict(kind="retryable", error=f"no answer from SendGrid: {exc!r}", halt=True)
+        _log(request, verdict)
+        return verdict
+
+
+def _outcomes(request: MailRequest, verdict: Verdict) -> list[SinkOutcome]:
+    if verdict.kind == "accepted":
+        return [
+            SinkOutcome(alert_id=alert_id, accepted=True, provider_message_id=verdict.message_id)
+            for alert_id in request.alert_ids
+        ]
+    if verdict.kind == "retryable":
+        return [
+            SinkOutcome(
+                alert_id=alert_id,
+                accepted=False,
+                retryable=True,
+                retry_after=verdict.retry_after,
+                error=verdict.error,
+            )
+            for alert_id in request.alert_ids
+        ]
+    if verdict.culprits and max(verdict.culprits) < len(request.alert_ids):
+        # SendGrid refuses a request as a whole, so the others were not sent: try them again.
+        return [
+            SinkOutcome(alert_id=alert_id, accepted=False, error=verdict.error)
+            if index in verdict.culprits
+            else SinkOutcome(
+                alert_id=alert_id,
+                accepted=False,
+                retryable=True,
+                error=f"not sent, SendGrid refused another personalization of the request: {verdict.error}",
+            )
+            for index, alert_id in enumerate(request.alert_ids)
+        ]
+    return [
+        SinkOutcome(alert_id=alert_id, accepted=False, error=verdict.error) for alert_id in request.alert_ids
+    ]
+
+
+def _log(request: MailRequest, verdict: Verdict) -> None:
+    context = {
+        "alerts": len(request.alert_ids),
+        "event_id": request.event_id,
+        "case_id": request.case_id,
+        "status": verdict.status,
+    }
+    if verdict.status == 202:
+        log.info("sendgrid.accepted", message_id=verdict.message_id, **context)
+    elif verdict.status == 200:
+        log.warning(
+            "sendgrid.sandboxed",
+            message_id=verdict.message_id,
+            detail="sandbox mode: SendGrid validated the request and sent nothing",
+            **context,
+        )
+    elif verdict.status == 429:
+        log.warning("sendgrid.rate_limited", retry_after=verdict.retry_after, **context)
+    elif verdict.status in (401, 403):
+        log.error(
+            "sendgrid.unauthorized",
+            error=_redact(verdict.error),
+            fix="check MOBILISE_SENDGRID_API_KEY: the key is wrong, revoked, or lacks the Mail Send "
+            "permission (or the From address is not a verified sender)",
+            **context,
+        )
+    elif verdict.kind == "permanent":
+        log.warning(
+            "sendgrid.rejected", error=_redact(verdict.error), culprits=len(verdict.culprits), **context
+        )
+    else:
+        log.warning("sendgrid.unavailable", error=_redact(verdict.error), **context)

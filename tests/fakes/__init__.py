@@ -1,0 +1,1 @@
+"""Fakes of outside services that enforce the services' documented contracts."""
