@@ -1,0 +1,455 @@
+"""End-to-end benchmark: one case update → M alerts → M ``.eml`` files, through real workers.
+
+What is measured, and how:
+
+1. An embedded Tansu broker starts on loopback; the pipeline's topics are created with a
+   unique prefix (``--partitions``, 8 by default).
+2. ``--workers`` worker subprocesses (``python -m mobilise worker``, one consumer group)
+   start with the outbox sink writing into a temporary directory, JSON logs at info level
+   and ``MOBILISE_DELIVERY_BATCH_SIZE=--batch-size``. The benchmark waits until their
+   latest ``worker.ready`` lines own every partition exactly once.
+3. ``--matching`` + ``--others`` subscriptions are published; exactly ``--matching`` of them
+   match the case update (Bangladesh + union busting; the others follow Cambodia, or
+   Bangladesh but only wages and another brand). It waits until every subscriber id has a
+   ``subscription.indexed`` line (the worker's own signal that it holds the subscription),
+   and reports that time as "indexing".
+4. The case update is published (``t0`` = just before the publish call, wall clock). The
+   phases are read from the workers' log timestamps (same machine, same clock):
+   ``case_update.matched`` (one per partition: the alerts of that shard are produced and
+   acknowledged) and ``alert.delivered`` (one per alert, after the ``.eml`` is written).
+   Reported: t0 → last ``case_update.matched`` (matching + producing every alert), t0 →
+   first and last ``alert.delivered``, and alerts per second end to end (M / (last
+   delivered − t0)). The ``.eml`` files are counted by polling the outbox too.
+5. Verified: the ``case_update.matched`` counts add up to M, M distinct alert ids were
+   delivered, and the outbox holds exactly M ``.eml`` files (re-counted after a grace period).
+
+CPU seconds used by each worker and by the broker during step 4 come from
+``/proc/<pid>/stat``. Every wait is bounded by ``--timeout``; the workers and the broker are
+always stopped at the end. ``--py-spy DIR`` records each worker with py-spy during step 4
+(collapsed stacks, ``DIR/worker-N.txt``).
+
+Run: ``python bench/end_to_end.py [--matching 50000] [--others 50000] [--workers 1|2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mobilise.broker import EmbeddedBroker
+from mobilise.logs import configure_logging
+from schemas import CaseUpdate, Subscription
+from streams.admin import create_topics, publish
+from streams.topics import TopicNames, topic_specs
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """A wait timed out or a check failed."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def log_time(line: dict[str, Any]) -> float:
+    """The epoch seconds of a structlog line's ISO timestamp."""
+    return datetime.fromisoformat(line["timestamp"]).timestamp()
+
+
+@dataclass
+class LogState:
+    """What the benchmark needs from one worker's log, updated incrementally."""
+
+    ready: list[list[int]] = field(default_factory=list)
+    indexed: set[str] = field(default_factory=set)
+    last_indexed: float = 0.0
+    matched: dict[int, int] = field(default_factory=dict)
+    matched_times: list[float] = field(default_factory=list)
+    delivered: set[str] = field(default_factory=set)
+    first_delivered: float = float("inf")
+    last_delivered: float = 0.0
+    dead_lettered: int = 0
+
+
+class Worker:
+    """A ``mobilise worker`` subprocess whose JSON log is followed incrementally."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._stdout = open(log_path, "wb")  # noqa: SIM115  # closed in stop()
+        self._stderr = open(log_path.with_suffix(".stderr"), "wb")  # noqa: SIM115  # closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mobilise", "worker"], env=env, stdout=self._stdout, stderr=self._stderr
+        )
+        self.state = LogState()
+        self._offset = 0
+        self._reader = open(log_path, "rb")  # noqa: SIM115  # closed in stop()
+        self.event_id: str | None = None
+
+    def follow(self) -> None:
+        """Read the lines appended since the last call into ``state``."""
+        self._reader.seek(self._offset)
+        chunk = self._reader.read()
+        end = chunk.rfind(b"\n") + 1  # leave a half-written last line for the next call
+        self._offset += end
+        for raw in chunk[:end].splitlines():
+            start = raw.find(b"{")
+            if start < 0:
+                continue
+            try:
+                line = json.loads(raw[start:])
+            except json.JSONDecodeError:
+                continue
+            self._apply(line)
+
+    def _apply(self, line: dict[str, Any]) -> None:
+        state, name = self.state, line.get("event")
+        if name == "subscription.indexed":
+            state.indexed.add(line["subscriber_id"])
+            state.last_indexed = log_time(line)
+        elif name == "worker.ready":
+            state.ready.append(line["partitions"])
+        elif self.event_id is None or line.get("event_id") != self.event_id:
+            return
+        elif name == "case_update.matched":
+            state.matched[line["partition"]] = line["matched"]
+            state.matched_times.append(log_time(line))
+        elif name == "alert.delivered":
+            state.delivered.add(line["alert_id"])
+            at = log_time(line)
+            state.first_delivered = min(state.first_delivered, at)
+            state.last_delivered = max(state.last_delivered, at)
+        elif name == "alert.dead_lettered":
+            state.dead_lettered += 1
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            tail = self.log_path.with_suffix(".stderr").read_text(errors="replace")[-3000:]
+            raise BenchError(f"worker {self.process.pid} exited with {self.process.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        for handle in (self._stdout, self._stderr, self._reader):
+            handle.close()
+
+
+def wait_until(what: str, check: Callable[[], bool], workers: list[Worker], deadline: float) -> float:
+    """Poll ``check`` (after following every log) until true; return the time it became true."""
+    while True:
+        for worker in workers:
+            worker.follow()
+        if check():
+            return time.time()
+        for worker in workers:
+            worker.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def count_eml(outbox: Path) -> int:
+    """``.eml`` files in the outbox (temporary files start with a dot and end in .eml too)."""
+    if not outbox.is_dir():
+        return 0
+    with os.scandir(outbox) as entries:
+        return sum(1 for e in entries if e.name.endswith(".eml") and not e.name.startswith("."))
+
+
+def subscriptions(matching: int, others: int) -> list[Subscription]:
+    """``matching`` subscriptions that match :func:`the_update`, then ``others`` that do not."""
+    created = datetime.now(UTC).isoformat()
+    records = []
+    for i in range(matching):
+        where = {"countries": ["BD"]} if i % 4 else {"regions": ["southern-asia"]}
+        records.append({"email": f"match{i}@example.org", "interests": ["union_busting"], **where})
+    for i in range(others):
+        wrong = {"countries": ["KH"], "interests": ["union_busting"]}
+        if i % 2:
+            wrong = {"countries": ["BD"], "interests": ["wages"], "brands": ["Uniqlo"]}
+        records.append({"email": f"other{i}@example.org", **wrong})
+    return [
+        Subscription.model_validate_json(
+            json.dumps({"name": "Activist", "confirmed": True, "created_at": created, **r})
+        )
+        for r in records
+    ]
+
+
+def the_update() -> CaseUpdate:
+    """A realistic urgent action: title, summary and action call in three languages."""
+    return CaseUpdate.model_validate_json(
+        json.dumps(
+            {
+                "case_id": f"bd-bench-{uuid.uuid4().hex[:8]}",
+                "status": "urgent_action",
+                "title": {"en": "Union leaders fired at Dhaka Knitwear", "fr": "Syndicalistes licenciés"},
+                "summary": {
+                    "en": "Twelve elected union leaders were dismissed days after registering their union.",
+                    "fr": "Douze dirigeants syndicaux élus ont été licenciés.",
+                },
+                "country": "BD",
+                "brands": ["H&M", "Zara"],
+                "factory": {"name": "Dhaka Knitwear Ltd", "city": "Gazipur"},
+                "issues": ["union_busting", "freedom_of_association"],
+                "action_call": {
+                    "kind": "email_brand",
+                    "instructions": {"en": "Email the CEO and demand reinstatement."},
+                    "target": {"name": "H&M Group", "email": "ceo@example.com"},
+                    "deadline": "2026-12-01T12:00:00Z",
+                },
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "published_by": "bench",
+            }
+        )
+    )
+
+
+@dataclass
+class Result:
+    """The figures of one run."""
+
+    workers: int
+    partitions: int
+    matching: int
+    subscribers: int
+    publish_subscriptions_s: float
+    indexing_s: float
+    publish_update_s: float
+    last_matched_s: float
+    first_delivered_s: float
+    last_delivered_s: float
+    eml_complete_s: float
+    eml_files: int
+    worker_cpu_s: list[float]
+    broker_cpu_s: float
+
+    def table(self) -> str:
+        m = self.matching
+        rows = [
+            ("workers × partitions", f"{self.workers} × {self.partitions}"),
+            ("subscriptions (matching / total)", f"{m:,} / {self.subscribers:,}"),
+            ("publish subscriptions (client)", f"{self.publish_subscriptions_s:.1f} s"),
+            (
+                "publish → every subscription indexed",
+                f"{self.indexing_s:.1f} s ({self.subscribers / self.indexing_s:,.0f}/s)",
+            ),
+            ("publish of the case update acknowledged", f"{self.publish_update_s * 1000:.0f} ms"),
+            (
+                "t0 → last case_update.matched (match + produce alerts)",
+                f"{self.last_matched_s:.2f} s ({m / self.last_matched_s:,.0f} alerts/s)",
+            ),
+            ("t0 → first alert.delivered", f"{self.first_delivered_s:.2f} s"),
+            ("t0 → last alert.delivered", f"{self.last_delivered_s:.2f} s"),
+            ("**alerts/s end to end** (M / last delivered)", f"**{m / self.last_delivered_s:,.0f}**"),
+            (
+                "delivery rate (first → last delivered)",
+                f"{m / max(self.last_delivered_s - self.first_delivered_s, 1e-9):,.0f} alerts/s",
+            ),
+            ("t0 → outbox holds M files (0.1 s polling)", f"{self.eml_complete_s:.2f} s"),
+            (".eml files (must equal M)", f"{self.eml_files:,}"),
+            ("worker CPU during t0 → done", ", ".join(f"{c:.1f} s" for c in self.worker_cpu_s)),
+            ("broker CPU during t0 → done", f"{self.broker_cpu_s:.1f} s"),
+        ]
+        return "| figure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def run(args: argparse.Namespace, work: Path) -> Result:
+    deadline = time.monotonic() + args.timeout
+    broker = EmbeddedBroker(log_path=work / "tansu.log")
+    workers: list[Worker] = []
+    spies: list[subprocess.Popen[bytes]] = []
+    try:
+        broker.start()
+        bootstrap = [broker.bootstrap]
+        run_id = uuid.uuid4().hex[:8]
+        names = TopicNames(prefix=f"bench-{run_id}-")
+        create_topics(bootstrap, topic_specs(names, args.partitions), 1)
+        outbox = work / "outbox"
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+            MOBILISE_APP_ID=f"bench-{run_id}",
+            MOBILISE_TOPIC_PREFIX=names.prefix,
+            MOBILISE_PARTITIONS=str(args.partitions),
+            MOBILISE_OUTBOX_DIR=str(outbox),
+            MOBILISE_DATA_DIR=str(work / "data"),
+            MOBILISE_LOG_FORMAT="json",
+            MOBILISE_LOG_LEVEL="info",
+            MOBILISE_DELIVERY_BATCH_SIZE=str(args.batch_size),
+            MOBILISE_SINK="outbox",
+        )
+        for n in range(args.workers):
+            workers.append(Worker(env, work / f"worker-{n}.log"))
+
+        def covered() -> bool:
+            if not all(w.state.ready for w in workers):
+                return False
+            owned = sorted(p for w in workers for p in w.state.ready[-1])
+            return owned == list(range(args.partitions))
+
+        wait_until("the workers to own every partition", covered, workers, deadline)
+        print(f"workers ready: {[w.state.ready[-1] for w in workers]}", file=sys.stderr)
+
+        people = subscriptions(args.matching, args.others)
+        ids = {s.subscriber_id for s in people}
+        started = time.time()
+        publish(
+            bootstrap, names.subscriptions, [(s.subscriber_id, s.model_dump_json().encode()) for s in people]
+        )
+        published = time.time()
+        print(f"published {len(people):,} subscriptions in {published - started:.1f} s", file=sys.stderr)
+        wait_until(
+            f"{len(ids):,} subscriptions to be indexed",
+            lambda: len(set().union(*(w.state.indexed for w in workers)) & ids) == len(ids),
+            workers,
+            deadline,
+        )
+        indexed_at = max(w.state.last_indexed for w in workers)
+        print(f"indexed after {indexed_at - started:.1f} s", file=sys.stderr)
+        time.sleep(1.0)  # let the last table writes and commits settle
+
+        update = the_update()
+        for w in workers:
+            w.event_id = update.event_id
+        if args.py_spy:
+            args.py_spy.mkdir(parents=True, exist_ok=True)
+            for n, w in enumerate(workers):
+                spies.append(
+                    subprocess.Popen(
+                        [
+                            str(Path(sys.executable).with_name("py-spy")),
+                            "record",
+                            "--pid",
+                            str(w.process.pid),
+                            "--rate",
+                            "200",
+                            "--format",
+                            "raw",
+                            "--output",
+                            str(args.py_spy / f"worker-{n}.txt"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            time.sleep(1.0)  # py-spy attaches
+        broker_pid = broker._process.pid if broker._process else None  # private: the broker's pid
+        cpu_before = [cpu_seconds(w.process.pid) for w in workers]
+        broker_before = cpu_seconds(broker_pid) if broker_pid else 0.0
+        t0 = time.time()
+        publish(bootstrap, names.case_updates, [(update.case_id, update.model_dump_json().encode())])
+        acked = time.time()
+
+        def matched_everywhere() -> bool:
+            parts = [p for w in workers for p in w.state.matched]
+            return sorted(parts) == list(range(args.partitions))
+
+        wait_until("the update to be matched on every partition", matched_everywhere, workers, deadline)
+        matched = sum(v for w in workers for v in w.state.matched.values())
+        if matched != args.matching:
+            raise BenchError(f"case_update.matched adds up to {matched:,}, expected {args.matching:,}")
+        eml_at = 0.0
+
+        def all_delivered() -> bool:
+            nonlocal eml_at
+            if not eml_at and count_eml(outbox) >= args.matching:
+                eml_at = time.time()
+            delivered = sum(len(w.state.delivered) for w in workers)
+            dead = sum(w.state.dead_lettered for w in workers)
+            if dead:
+                raise BenchError(f"{dead} alerts were dead-lettered")
+            return delivered >= args.matching and bool(eml_at)
+
+        wait_until(f"{args.matching:,} alerts to be delivered", all_delivered, workers, deadline)
+        worker_cpu = [cpu_seconds(w.process.pid) - b for w, b in zip(workers, cpu_before, strict=True)]
+        broker_cpu = (cpu_seconds(broker_pid) - broker_before) if broker_pid else 0.0
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(timeout=60)
+        time.sleep(2.0)  # grace: a duplicate delivery would show up as an extra file or line
+        for w in workers:
+            w.follow()
+        delivered = set().union(*(w.state.delivered for w in workers))
+        files = count_eml(outbox)
+        if len(delivered) != args.matching or files != args.matching:
+            raise BenchError(
+                f"{len(delivered):,} alert ids delivered and {files:,} .eml files, "
+                f"expected exactly {args.matching:,}"
+            )
+        return Result(
+            workers=args.workers,
+            partitions=args.partitions,
+            matching=args.matching,
+            subscribers=len(people),
+            publish_subscriptions_s=published - started,
+            indexing_s=indexed_at - started,
+            publish_update_s=acked - t0,
+            last_matched_s=max(t for w in workers for t in w.state.matched_times) - t0,
+            first_delivered_s=min(w.state.first_delivered for w in workers) - t0,
+            last_delivered_s=max(w.state.last_delivered for w in workers) - t0,
+            eml_complete_s=eml_at - t0,
+            eml_files=files,
+            worker_cpu_s=worker_cpu,
+            broker_cpu_s=broker_cpu,
+        )
+    finally:
+        for spy in spies:
+            if spy.poll() is None:
+                spy.kill()
+                spy.wait(timeout=10)
+        for w in workers:
+            w.stop()
+        broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--matching", type=int, default=50_000, help="subscribers the update matches (M)")
+    parser.add_argument("--others", type=int, default=50_000, help="subscribers it does not match")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--workers", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--batch-size", type=int, default=1000, help="MOBILISE_DELIVERY_BATCH_SIZE")
+    parser.add_argument("--timeout", type=float, default=900.0, help="bound of the whole run, seconds")
+    parser.add_argument("--py-spy", type=Path, default=None, help="record the workers with py-spy into DIR")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, outbox)")
+    args = parser.parse_args()
+    configure_logging("console", "warning")  # keep the admin client's info lines out of stdout
+
+    work = Path(tempfile.mkdtemp(prefix="mobilise-bench-"))
+    try:
+        result = run(args, work)
+        print(result.table())
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
