@@ -10,19 +10,23 @@ requests of up to 1,000 personalizations; SendGrid fills each person's slots fro
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import logging
 import re
 import time
+import urllib.error
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from typing import Any, Literal
 from urllib.parse import quote
 
-import aiohttp
 import jinja2
+import sendgrid
 import structlog
 from pydantic import Field, SecretStr, ValidationError, field_validator
+from python_http_client import exceptions as http_errors
 
 from mobilise.errors import ConfigurationError
 from schemas import Alert, PublicCase
@@ -467,19 +471,16 @@ class SendGridSink(Sink[SendGridConfig]):
         self._identity = EmailIdentity(
             from_email=config.from_email, unsubscribe_email=config.unsubscribe_email
         )
-        self._url = config.sendgrid_host.rstrip("/") + "/v3/mail/send"
-        self._session: aiohttp.ClientSession | None = None
+        self._client: sendgrid.SendGridAPIClient | None = None
 
     async def setup(self) -> None:
-        """Open the HTTP session (inside the event loop that will use it)."""
-        if self._session is not None and not self._session.closed:
+        """Create the ``sendgrid`` library's client, pointed at ``MOBILISE_SENDGRID_HOST``."""
+        if self._client is not None:
             return
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.config.sendgrid_timeout),
-            headers={
-                "Authorization": f"Bearer {self.config.sendgrid_api_key.get_secret_value()}",
-                "User-Agent": "mobilise-sendgrid-sink",
-            },
+        # The library logs each request's payload (every address in it) at debug level.
+        logging.getLogger("python_http_client").setLevel(logging.INFO)
+        self._client = sendgrid.SendGridAPIClient(
+            api_key=self.config.sendgrid_api_key.get_secret_value(), host=self.config.sendgrid_host
         )
         log.info(
             "sendgrid.ready",
@@ -496,10 +497,8 @@ class SendGridSink(Sink[SendGridConfig]):
             )
 
     async def close(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Forget the client (the library opens a connection per request; none stays open)."""
+        self._client = None
 
     async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
         """Send the batch as few requests as the limits allow; one outcome per alert."""
@@ -533,22 +532,36 @@ class SendGridSink(Sink[SendGridConfig]):
         return outcomes
 
     async def _send(self, request: MailRequest) -> Verdict:
-        if self._session is None:
+        if self._client is None:
             raise RuntimeError("SendGridSink.deliver() was called before setup()")
         wait = self._bucket.reserve(self._clock())
         if wait > 0:
             await self._sleep(wait)
-        payload = json.dumps(request.body, ensure_ascii=False).encode("utf-8")
         try:
-            async with self._session.post(
-                self._url, data=payload, headers={"Content-Type": "application/json"}
-            ) as response:
-                body = (await response.read()).decode("utf-8", errors="replace")
-                verdict = judge_response(response.status, response.headers, body, now=self._wall_clock())
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The library is synchronous (urllib): the request runs in a thread so the
+            # worker's event loop keeps serving Kafka meanwhile.
+            status, headers, body = await asyncio.to_thread(self._post, self._client, request.body)
+            verdict = judge_response(status, headers, body, now=self._wall_clock())
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             verdict = Verdict(kind="retryable", error=f"no answer from SendGrid: {exc!r}", halt=True)
         _log(request, verdict)
         return verdict
+
+    def _post(
+        self, client: sendgrid.SendGridAPIClient, body: dict[str, Any]
+    ) -> tuple[int, Mapping[str, str], str]:
+        """POST /v3/mail/send; the status, headers and body of the answer, whatever it is."""
+        try:
+            response = client.client.mail.send.post(request_body=body, timeout=self.config.sendgrid_timeout)
+        except http_errors.HTTPError as exc:  # every non-2xx answer
+            return exc.status_code, exc.headers, _text(exc.body)
+        return response.status_code, response.headers, _text(response.body)
+
+
+def _text(body: bytes | str | None) -> str:
+    if isinstance(body, bytes):
+        return body.decode("utf-8", errors="replace")
+    return body or ""
 
 
 def _outcomes(request: MailRequest, verdict: Verdict) -> list[SinkOutcome]:
