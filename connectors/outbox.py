@@ -10,7 +10,6 @@ import asyncio
 import os
 import tempfile
 from collections.abc import Sequence
-from email.message import EmailMessage
 from pathlib import Path
 
 import jinja2
@@ -20,7 +19,8 @@ from mobilise.errors import RetryableError
 from schemas import Alert
 
 from .base import Sink, SinkConfig, SinkOutcome
-from .rendering import EmailIdentity, render_alert, to_message
+from .mime import to_bytes
+from .rendering import EmailIdentity, render_alert
 
 __all__ = ["OutboxConfig", "OutboxSink"]
 
@@ -41,7 +41,8 @@ class OutboxSink(Sink[OutboxConfig]):
 
     Delivery guarantee: exactly once per alert id. A file is written under a temporary
     name and then linked into place, which fails if the file exists; so a replayed alert
-    never produces a second file, and a crash never leaves half a message behind.
+    never produces a second file, and a crash never leaves half a message behind. The
+    batch is flushed to disk before any of its alerts is reported written.
     """
 
     name = "outbox"
@@ -61,43 +62,44 @@ class OutboxSink(Sink[OutboxConfig]):
         return await asyncio.to_thread(self._write_all, alerts)
 
     def _write_all(self, alerts: Sequence[Alert]) -> list[SinkOutcome]:
-        return [self._write_one(alert) for alert in alerts]
+        outcomes = [self._write_one(alert) for alert in alerts]
+        if any(o.accepted and not o.duplicate for o in outcomes):
+            # One flush for the whole batch, before any outcome is reported: a file per
+            # fsync cost more than rendering it. (os.sync reaches the directory entries too.)
+            os.sync()
+        return outcomes
 
     def _write_one(self, alert: Alert) -> SinkOutcome:
-        try:
-            message = to_message(render_alert(alert, self._identity), self._identity, date_source=alert)
-        except (jinja2.TemplateError, ValueError) as exc:
-            # The same alert will fail the same way every time: a permanent failure.
-            return SinkOutcome(alert_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
-        try:
-            return self._write(alert, message)
-        except OSError as exc:
-            return SinkOutcome(
-                alert_id=alert.alert_id, accepted=False, retryable=True, error=f"cannot write: {exc}"
-            )
-
-    def _write(self, alert: Alert, message: EmailMessage) -> SinkOutcome:
         final = self.config.outbox_dir / f"{alert.alert_id}.eml"
         if final.exists():
             return SinkOutcome(
                 alert_id=alert.alert_id, accepted=True, duplicate=True, provider_message_id=final.name
             )
+        try:
+            message = to_bytes(render_alert(alert, self._identity), self._identity, date_source=alert)
+        except (jinja2.TemplateError, ValueError) as exc:
+            # The same alert will fail the same way every time: a permanent failure.
+            return SinkOutcome(alert_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
+        try:
+            duplicate = self._write(final, message)
+        except OSError as exc:
+            return SinkOutcome(
+                alert_id=alert.alert_id, accepted=False, retryable=True, error=f"cannot write: {exc}"
+            )
+        return SinkOutcome(
+            alert_id=alert.alert_id, accepted=True, duplicate=duplicate, provider_message_id=final.name
+        )
+
+    def _write(self, final: Path, message: bytes) -> bool:
+        """Write ``message`` under a temporary name and link it to ``final``; True if it existed."""
         fd, temporary = tempfile.mkstemp(dir=self.config.outbox_dir, prefix=".tmp-", suffix=".eml")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(message.as_bytes())
-                handle.flush()
-                os.fsync(handle.fileno())
+                handle.write(message)
             try:
                 os.link(temporary, final)
-                duplicate = False
             except FileExistsError:
-                duplicate = True  # another worker wrote it first; theirs stands
+                return True  # another worker wrote it first; theirs stands
+            return False
         finally:
             os.unlink(temporary)
-        return SinkOutcome(
-            alert_id=alert.alert_id,
-            accepted=True,
-            duplicate=duplicate,
-            provider_message_id=final.name,
-        )

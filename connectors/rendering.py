@@ -15,9 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.utils import parseaddr
 from functools import cache, lru_cache
 from typing import ClassVar
 from urllib.parse import quote
@@ -40,7 +38,6 @@ __all__ = [
     "render_personal",
     "render_shared",
     "template_language",
-    "to_message",
     "unsubscribe_mailto",
 ]
 
@@ -258,9 +255,26 @@ def fill(body: str, substitutions: Mapping[str, str]) -> str:
     return _TOKEN_PATTERN.sub(lambda match: substitutions[match.group(0)], body)
 
 
+_SHARED_CACHE_SIZE = 64
+_shared_cache: dict[tuple[str, str, EmailIdentity], SharedEmail] = {}
+
+
+def _shared_of(alert: Alert, identity: EmailIdentity) -> SharedEmail:
+    # An update reaches thousands of people in a handful of languages: render its shared
+    # part once per language. The event id names the update (a replay is the same update).
+    key = (alert.event_id, template_language(alert.language), identity)
+    shared = _shared_cache.get(key)
+    if shared is None:
+        shared = render_shared(alert.case, alert.language, identity)
+        if len(_shared_cache) >= _SHARED_CACHE_SIZE:
+            _shared_cache.pop(next(iter(_shared_cache)))  # the oldest
+        _shared_cache[key] = shared
+    return shared
+
+
 def render_alert(alert: Alert, identity: EmailIdentity) -> RenderedEmail:
     """Render ``alert`` in the subscriber's language (English when there is no template)."""
-    shared = render_shared(alert.case, alert.language, identity)
+    shared = _shared_of(alert, identity)
     values = render_personal(alert).substitutions()
     return RenderedEmail(
         alert_id=alert.alert_id,
@@ -277,26 +291,3 @@ def render_alert(alert: Alert, identity: EmailIdentity) -> RenderedEmail:
             "X-Mobilise-Event-Id": alert.event_id,
         },
     )
-
-
-def to_message(email: RenderedEmail, identity: EmailIdentity, *, date_source: Alert) -> EmailMessage:
-    """Build an RFC 5322 message (text and HTML alternatives) from a rendered email.
-
-    The Message-ID and Date derive from the alert, so rendering the same alert twice
-    gives the same message, byte for byte.
-    """
-    message = EmailMessage()
-    message["From"] = identity.from_email
-    local, _, domain = email.to_email.partition("@")
-    message["To"] = Address(display_name=email.to_name or "", username=local, domain=domain)
-    message["Subject"] = email.subject
-    message["Date"] = format_datetime(date_source.created_at.astimezone(UTC))
-    sender_domain = parseaddr(identity.from_email)[1].partition("@")[2] or "mobilise.local"
-    message["Message-ID"] = f"<{email.alert_id}@{sender_domain}>"
-    for name, value in email.headers.items():
-        message[name] = value
-    message.set_content(email.text)
-    message.add_alternative(email.html, subtype="html")
-    # set_content() clears every Content-* header, so this one comes last.
-    message["Content-Language"] = email.language
-    return message

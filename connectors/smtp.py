@@ -25,7 +25,8 @@ from mobilise.errors import ConfigurationError, RetryableError
 from schemas import Alert
 
 from .base import Sink, SinkConfig, SinkOutcome
-from .rendering import EmailIdentity, render_alert, to_message
+from .mime import to_message
+from .rendering import EmailIdentity, render_alert
 
 __all__ = ["SmtpConfig", "SmtpSink"]
 

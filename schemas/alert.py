@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, EmailStr
+from pydantic import AwareDatetime, Field, StringConstraints
 
 from ._base import Event, stable_id
 from .case_update import PublicCase
@@ -45,8 +45,13 @@ class Alert(Event):
     """The case update's idempotency key."""
     subscriber_id: str
     """Who it is for."""
-    email: EmailStr
-    """Where it goes."""
+    email: Annotated[
+        str,
+        StringConstraints(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320),
+        Field(json_schema_extra={"format": "email"}),
+    ]
+    """Where it goes: the subscription's address, fully checked when the subscription was
+    read; here only its shape is checked, as this runs once per alert at every stage."""
     name: str | None = None
     """How to greet them."""
     language: Language

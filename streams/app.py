@@ -129,4 +129,9 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
             subscribers=sum(len(s) for p in owned if (s := shards.shard(p)) is not None),
         )
 
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # as above
+    async def _close_sink(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        # After the consumer stopped, so no batch is in the sink while it closes.
+        await delivery.close()
+
     return Pipeline(app=app, names=names, shards=shards, subscribers=subscribers, seen=seen, sent=sent)

@@ -62,6 +62,13 @@ class Delivery:
             await self._sink.setup()
             self._ready = True
 
+    async def close(self) -> None:
+        """Close the sink if it was opened (its connections, its clients)."""
+        if self._ready:
+            self._ready = False
+            await self._sink.close()
+            log.info("sink.closed", sink=self._sink.name)
+
     async def process(self, events: Sequence[RawEvent]) -> None:
         """Deliver one batch of alert records."""
         await self._setup_once()

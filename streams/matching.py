@@ -26,6 +26,9 @@ from schemas import CaseStatus, MatchReason, PublicCase, Region, Subscription, b
 __all__ = ["SubscriberIndex", "matches_naively", "reason_for"]
 
 
+_NOBODY = BitMap()
+
+
 def _case_brand_keys(case: PublicCase) -> dict[str, str]:
     return {brand_key(b): b for b in case.brands}
 
@@ -151,15 +154,40 @@ class SubscriberIndex:
         return BitMap.union(*topical) & geography & wanted
 
     def match(self, case: PublicCase) -> list[tuple[Subscription, MatchReason]]:
-        """Every matching subscription with the reason it matched."""
+        """Every matching subscription with the reason it matched.
+
+        The reason is read off the posting lists the subscriber is in, which says the
+        same as :func:`reason_for` (a property test holds them to it) at a fraction of
+        the cost: this runs once per matched person of a case update.
+        """
+        p = self._postings
+        ids = self.match_ids(case)
+        if not ids:
+            return []
+        region = p.regions.get(case.region, _NOBODY)
+        country = p.countries.get(case.country, _NOBODY)
+        interests = [(i, p.interests[i]) for i in case.issues if i in p.interests]
+        brands = [(name, p.brands[k]) for k, name in _case_brand_keys(case).items() if k in p.brands]
+        # Reasons repeat (a case has few issues and brands): one frozen instance per combination.
+        reasons: dict[tuple[bool, bool, bool, tuple[str, ...], tuple[str, ...]], MatchReason] = {}
         found = []
-        for dense in self.match_ids(case):
-            subscription = self._subscriptions[self._sparse[dense]]
-            reason = reason_for(subscription, case)
-            # The index and the rule agree by construction (and a property test checks
-            # it); a None here would mean a corrupted posting list, which must not pass
-            # silently as an alert to someone who did not ask for it.
+        for dense in ids:
+            key = (
+                dense in p.worldwide,
+                dense in region,
+                dense in country,
+                tuple(i for i, posting in interests if dense in posting),
+                tuple(name for name, posting in brands if dense in posting),
+            )
+            reason = reasons.get(key)
             if reason is None:
-                raise AssertionError(f"index disagrees with rule for {subscription.subscriber_id}")
-            found.append((subscription, reason))
+                # Values are the case's own, already validated: construct without re-checking.
+                reason = reasons[key] = MatchReason.model_construct(
+                    worldwide=key[0],
+                    region=case.region if key[1] else None,
+                    country=case.country if key[2] else None,
+                    interests=key[3],
+                    brands=key[4],
+                )
+            found.append((self._subscriptions[self._sparse[dense]], reason))
         return found

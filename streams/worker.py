@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import faust
+from pydantic import ValidationError
 
+from connectors.base import Sink, SinkConfig
 from connectors.registry import load_sink
+from mobilise.errors import ConfigurationError
 from mobilise.settings import Settings
 
 from .app import Pipeline, create_app
@@ -25,7 +28,7 @@ def run_worker(settings: Settings, observe: Callable[[Pipeline], None] | None = 
 
     """
     sink_class = load_sink(settings.sink)
-    sink = sink_class(sink_class.Config())
+    sink = sink_class(_sink_config(sink_class))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     pipeline = create_app(settings, sink)
     if observe is not None:
@@ -36,8 +39,24 @@ def run_worker(settings: Settings, observe: Callable[[Pipeline], None] | None = 
         quiet=True,
         redirect_stdouts=False,  # stdout carries our structured log lines
     )
+    # Left on, faust's terminal spinner sets the root logger to DEBUG, so every debug call
+    # of the Kafka client (one per record) builds a log record that nothing prints.
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise
+
+
+def _sink_config(sink_class: type[Sink]) -> SinkConfig:  # type: ignore[type-arg]  # any sink
+    """The sink's settings from the environment, or an error naming each wrong variable."""
+    try:
+        return sink_class.Config()
+    except ValidationError as exc:
+        problems = [
+            f"MOBILISE_{str(error['loc'][0]).upper() if error['loc'] else '?'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        ]
+        message = f"invalid settings for the {sink_class.name} sink: " + "; ".join(problems)
+        raise ConfigurationError(message) from exc

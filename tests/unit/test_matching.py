@@ -76,8 +76,12 @@ def test_the_index_agrees_with_the_naive_matcher(
             index.remove(f"s{n}")
             current.pop(f"s{n}", None)
     case = update.public()
-    found = {s.subscriber_id for s, _ in index.match(case)}
+    matched = index.match(case)
+    found = {s.subscriber_id for s, _ in matched}
     assert found == matches_naively(current.values(), case)
+    for subscription, reason in matched:  # and the index explains each match as the rule does
+        assert reason == reason_for(subscription, case)
+        assert reason.model_dump_json() == reason_for(subscription, case).model_dump_json()  # type: ignore[union-attr]
     assert len(index) == len(current)
 
 
