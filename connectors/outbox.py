@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,7 +92,9 @@ class OutboxSink(Sink[OutboxConfig]):
 
     def _write(self, final: Path, message: bytes) -> bool:
         """Write ``message`` under a temporary name and link it to ``final``; True if it existed."""
-        fd, temporary = tempfile.mkstemp(dir=self.config.outbox_dir, prefix=".tmp-", suffix=".eml")
+        # One writer per alert id at a time within a process; the pid keeps workers apart.
+        temporary = final.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{final.name}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(message)
