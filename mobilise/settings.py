@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     """JSON lines for machines, or coloured console output for people."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest level logged. Email addresses appear only at debug."""
+    health_host: str = Field(default="127.0.0.1", min_length=1)
+    """Interface of a worker's /health, /ready and /metrics (``0.0.0.0`` in a container)."""
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of a worker's /health, /ready and /metrics; unset: not served (0: any free port)."""
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import faust
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from schemas import Alert, CaseUpdate, alert_id_for
 
+from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
 from .shards import SubscriberShards
 
@@ -30,8 +32,14 @@ class Matcher:
     stage = "match"
 
     def __init__(
-        self, *, shards: SubscriberShards, alerts_topic: faust.TopicT, dead_letters: DeadLetters
+        self,
+        *,
+        shards: SubscriberShards,
+        alerts_topic: faust.TopicT,
+        dead_letters: DeadLetters,
+        metrics: PipelineMetrics,
     ) -> None:
+        self._metrics = metrics
         self._shards = shards
         self._alerts = alerts_topic
         self._dead_letters = dead_letters
@@ -53,6 +61,7 @@ class Matcher:
                 event, stage=self.stage, reason=f"subscriber shard {partition} is not loaded on this worker"
             )
             return
+        started = time.perf_counter()
         public = update.public()
         now = datetime.now(UTC)
         pending = []
@@ -76,4 +85,6 @@ class Matcher:
                 )
             )
         await asyncio.gather(*pending)
+        self._metrics.match_seconds.observe(time.perf_counter() - started)
+        self._metrics.alerts.inc(len(pending))
         bound.info("case_update.matched", matched=len(pending), shard_size=len(shard))

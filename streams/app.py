@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 import structlog
+from aiohttp import web
 
 from connectors.base import Sink
 from mobilise.settings import Settings
@@ -14,6 +15,8 @@ from mobilise.settings import Settings
 from .alerting import Matcher
 from .delivery import Delivery
 from .fanout import FanOut
+from .health import Readiness, health_app
+from .metrics import PipelineMetrics
 from .records import DeadLetters
 from .shards import SubscriberShards, SubscriptionIntake
 from .tables import PartitionedTable, declare_table
@@ -48,6 +51,8 @@ class Pipeline:
     subscribers: PartitionedTable
     seen: PartitionedTable
     sent: PartitionedTable
+    metrics: PipelineMetrics
+    readiness: Readiness
 
 
 def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type-arg]  # any sink
@@ -77,23 +82,61 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     case_fanout = _raw_topic(app, names.case_fanout, partitions)
     alerts = _raw_topic(app, names.alerts, partitions)
     deliveries = _raw_topic(app, names.deliveries, partitions)
-    dead_letters = DeadLetters(_raw_topic(app, names.dead_letters, partitions))
+    metrics = PipelineMetrics()
+    dead_letters = DeadLetters(_raw_topic(app, names.dead_letters, partitions), metrics=metrics)
 
     subscribers = declare_table(app, "subscribers", partitions, "Subscriptions by subscriber_id, per shard")
     seen = declare_table(app, "seen-events", partitions, "First position of each case update event_id")
     sent = declare_table(app, "sent-alerts", partitions, "Alert ids the sink accepted")
     shards = SubscriberShards()
+    metrics.subscribers.set_function(lambda: sum(len(s) for p in shards.partitions if (s := shards.shard(p))))
+    readiness = Readiness()
 
-    fanout = FanOut(fanout_topic=case_fanout, partitions=partitions, seen=seen, dead_letters=dead_letters)
+    fanout = FanOut(
+        fanout_topic=case_fanout, partitions=partitions, seen=seen, dead_letters=dead_letters, metrics=metrics
+    )
     intake = SubscriptionIntake(shards=shards, table=subscribers, dead_letters=dead_letters)
-    matcher = Matcher(shards=shards, alerts_topic=alerts, dead_letters=dead_letters)
+    matcher = Matcher(shards=shards, alerts_topic=alerts, dead_letters=dead_letters, metrics=metrics)
     delivery = Delivery(
         sink=sink,
         sent=sent,
         deliveries_topic=deliveries,
         dead_letters=dead_letters,
         max_attempts=settings.delivery_max_attempts,
+        metrics=metrics,
     )
+    inputs = {names.case_updates, names.subscriptions, names.case_fanout, names.alerts}
+
+    async def refresh_lag() -> None:
+        metrics.consumer_lag.clear()
+        for tp in app.consumer.assignment():
+            if tp.topic in inputs:
+                position = await app.consumer.position(tp)
+                highwater = app.consumer.highwater(tp)
+                if position is not None and highwater is not None:
+                    metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+
+    runners: list[web.AppRunner] = []
+
+    if settings.health_port is not None:
+
+        @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+        async def _serve_health() -> None:
+            runner = web.AppRunner(
+                health_app(
+                    metrics=metrics,
+                    readiness=readiness,
+                    bootstrap_servers=settings.bootstrap_servers,
+                    refresh_lag=refresh_lag,
+                ),
+                access_log=None,
+            )
+            await runner.setup()
+            site = web.TCPSite(runner, settings.health_host, settings.health_port)
+            await site.start()
+            runners.append(runner)
+            port = runner.addresses[0][1] if runner.addresses else settings.health_port
+            log.info("health.serving", url=f"http://{settings.health_host}:{port}")
 
     @app.agent(case_updates, name="fanout")
     async def _fanout(stream: Any) -> None:
@@ -121,6 +164,8 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     async def _load_shards(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.subscriptions}
         built = shards.assign(owned, subscribers.items())
+        readiness.partitions = frozenset(owned)
+        readiness.shards_loaded = True
         log.info(
             "worker.ready",
             app_id=settings.app_id,
@@ -129,9 +174,24 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
             subscribers=sum(len(s) for p in owned if (s := shards.shard(p)) is not None),
         )
 
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # as above
+    async def _not_ready(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        readiness.shards_loaded = False  # until the next assignment's shards are built
+
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # as above
     async def _close_sink(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         # After the consumer stopped, so no batch is in the sink while it closes.
         await delivery.close()
+        for runner in runners:
+            await runner.cleanup()
 
-    return Pipeline(app=app, names=names, shards=shards, subscribers=subscribers, seen=seen, sent=sent)
+    return Pipeline(
+        app=app,
+        names=names,
+        shards=shards,
+        subscribers=subscribers,
+        seen=seen,
+        sent=sent,
+        metrics=metrics,
+        readiness=readiness,
+    )

@@ -14,6 +14,7 @@ from connectors.base import Sink, SinkOutcome
 from mobilise.errors import RetryableError
 from schemas import Alert, DeliveryEvent, DeliveryOutcome
 
+from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
 from .retry import backoff_delay
 from .tables import PartitionedTable, on_partition
@@ -44,8 +45,10 @@ class Delivery:
         deliveries_topic: faust.TopicT,
         dead_letters: DeadLetters,
         max_attempts: int,
+        metrics: PipelineMetrics,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        self._metrics = metrics
         self._sink = sink
         self._sent = sent
         self._deliveries = deliveries_topic
@@ -102,6 +105,7 @@ class Delivery:
                     await self._give_up(alert, event, attempt, f"gave up after {attempt} attempts: {error}")
                 else:
                     retry[alert_id] = (alert, event)
+                    self._metrics.deliveries.labels(self._sink.name, "failed").inc()
                     if outcome is not None and outcome.retry_after is not None:
                         retry_after = max(retry_after or 0.0, outcome.retry_after)
             batch = retry
@@ -149,6 +153,10 @@ class Delivery:
             detail=detail,
             at=datetime.now(UTC),
         )
+        self._metrics.deliveries.labels(self._sink.name, outcome.value).inc()
+        if outcome is DeliveryOutcome.ACCEPTED:
+            latency = (delivery.at - alert.created_at).total_seconds()
+            self._metrics.delivery_seconds.labels(self._sink.name).observe(max(0.0, latency))
         await self._deliveries.send(
             key=alert.subscriber_id.encode("utf-8"),
             value=delivery.model_dump_json().encode("utf-8"),

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from schemas import CaseUpdate
 
+from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
 from .tables import PartitionedTable
 
@@ -36,11 +37,13 @@ class FanOut:
         partitions: int,
         seen: PartitionedTable,
         dead_letters: DeadLetters,
+        metrics: PipelineMetrics,
     ) -> None:
         self._fanout = fanout_topic
         self._partitions = partitions
         self._seen = seen
         self._dead_letters = dead_letters
+        self._metrics = metrics
 
     async def process(self, event: RawEvent) -> None:
         """Handle one record of case-updates."""
@@ -48,12 +51,14 @@ class FanOut:
             update = read_model(CaseUpdate, event.message.value)
         except ValidationError as exc:
             await self._dead_letters.invalid(event, stage=self.stage, exc=exc)
+            self._metrics.case_updates.labels("invalid").inc()
             return
         bound = log.bind(event_id=update.event_id, case_id=update.case_id)
         position = f"{event.message.partition}:{event.message.offset}"
         first_seen = self._seen.get(update.event_id)
         if first_seen is not None and first_seen != position:
             bound.info("case_update.replay_skipped", first_seen=first_seen, position=position)
+            self._metrics.case_updates.labels("replay_skipped").inc()
             return
         self._seen[update.event_id] = position
         payload = update.model_dump_json().encode("utf-8")
@@ -62,4 +67,5 @@ class FanOut:
             await self._fanout.send(key=key, value=payload, partition=p) for p in range(self._partitions)
         ]
         await asyncio.gather(*pending)
+        self._metrics.case_updates.labels("fanned_out").inc()
         bound.info("case_update.fanned_out", status=update.status.value, partitions=self._partitions)

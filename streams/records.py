@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from schemas import DeadLetter, FieldError
 from schemas._base import Event
 
+from .metrics import PipelineMetrics
+
 __all__ = ["DeadLetters", "RawEvent", "field_errors", "read_model"]
 
 log = structlog.get_logger(__name__)
@@ -53,8 +55,9 @@ def read_model(model: type[M], value: bytes | None) -> M:
 class DeadLetters:
     """Sends unprocessable records to the dead-letters topic and logs them."""
 
-    def __init__(self, topic: faust.TopicT) -> None:
+    def __init__(self, topic: faust.TopicT, *, metrics: PipelineMetrics | None = None) -> None:
         self._topic = topic
+        self._metrics = metrics
 
     async def send(
         self,
@@ -86,6 +89,8 @@ class DeadLetters:
         )
         future = await self._topic.send(key=raw_key, value=letter.model_dump_json().encode("utf-8"))
         await future
+        if self._metrics is not None:
+            self._metrics.dead_letters.labels(stage).inc()
         log.warning(
             "record.dead_lettered",
             stage=stage,

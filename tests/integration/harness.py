@@ -95,8 +95,8 @@ class PipelineHarness:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def start_worker(self) -> Worker:
-        worker = Worker(self.env, self.tmp_path / f"worker-{len(self.workers)}.log")
+    def start_worker(self, **extra_env: str) -> Worker:
+        worker = Worker(self.env | extra_env, self.tmp_path / f"worker-{len(self.workers)}.log")
         self.workers.append(worker)
         return worker
 

@@ -1,0 +1,69 @@
+"""What the pipeline counts and measures, as Prometheus metrics (one registry per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["PipelineMetrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class PipelineMetrics:
+    """The pipeline's metrics, registered in their own :class:`CollectorRegistry`.
+
+    Each app gets its own registry so that several apps in one process (tests) do not
+    share counts. Names follow Prometheus conventions: ``_total`` for counters,
+    ``_seconds`` for durations.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.case_updates = Counter(
+            "mobilise_case_updates_total",
+            "Case update records read from case-updates, by what became of them.",
+            ["outcome"],  # fanned_out, replay_skipped, invalid
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "mobilise_alerts_emitted_total",
+            "Alerts produced on the alerts topic (one per matching subscriber and update).",
+            registry=registry,
+        )
+        self.match_seconds = Histogram(
+            "mobilise_match_seconds",
+            "Time to match one update against one shard and produce its alerts.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "mobilise_deliveries_total",
+            "Outcomes of alerts at the sink: accepted, duplicate, failed (retried), dead_lettered.",
+            ["sink", "outcome"],
+            registry=registry,
+        )
+        self.delivery_seconds = Histogram(
+            "mobilise_delivery_latency_seconds",
+            "From an alert's creation to its acceptance by the sink.",
+            ["sink"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "mobilise_dead_letters_total",
+            "Records sent to dead-letters, by the stage that gave up on them.",
+            ["stage"],
+            registry=registry,
+        )
+        self.subscribers = Gauge(
+            "mobilise_subscribers",
+            "Subscriptions held in this worker's shards.",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "mobilise_consumer_lag",
+            "Records not yet read, per input topic and partition assigned to this worker.",
+            ["topic", "partition"],
+            registry=registry,
+        )
