@@ -10,6 +10,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from mobilise.errors import RetryableError
+from mobilise.kafka_security import kafka_security
 
 from .topics import TopicSpec
 
@@ -27,7 +28,10 @@ def create_topics(bootstrap: list[str], specs: Iterable[TopicSpec], replication_
     """
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, client_id="mobilise-admin", request_timeout_ms=15_000
+            bootstrap_servers=bootstrap,
+            client_id="mobilise-admin",
+            request_timeout_ms=15_000,
+            **kafka_security().client_options(),
         )
     except KafkaError as exc:
         raise RetryableError(
@@ -69,7 +73,12 @@ def publish(bootstrap: list[str], topic: str, records: Iterable[tuple[str, bytes
     """
     try:
         producer = KafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", retries=5, linger_ms=5, client_id="mobilise-cli"
+            bootstrap_servers=bootstrap,
+            acks="all",
+            retries=5,
+            linger_ms=5,
+            client_id="mobilise-cli",
+            **kafka_security().client_options(),
         )
     except KafkaError as exc:
         raise RetryableError(

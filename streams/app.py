@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from connectors.base import Sink
+from mobilise.kafka_security import kafka_security
 from mobilise.settings import Settings
 
 from .alerting import Matcher
@@ -61,6 +62,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        broker_credentials=kafka_security().faust_credentials(),
         store=settings.store,
         datadir=str(settings.data_dir / settings.app_id),
         topic_partitions=partitions,
