@@ -13,27 +13,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
-from pydantic import Field
 
 from mobilise.errors import RetryableError
 from schemas import Alert
 
-from .base import Sink, SinkConfig, SinkOutcome
+from .base import Sink, SinkOutcome
+from .email_config import EmailSinkConfig
 from .mime import to_bytes
-from .rendering import EmailIdentity, render_alert
+from .rendering import render_alert
 
 __all__ = ["OutboxConfig", "OutboxSink"]
 
 
-class OutboxConfig(SinkConfig):
-    """Settings of the outbox sink (environment: ``MOBILISE_OUTBOX_DIR`` and so on)."""
+class OutboxConfig(EmailSinkConfig):
+    """Settings of the outbox sink (environment: ``MOBILISE_OUTBOX_DIR``, and the email ones)."""
 
     outbox_dir: Path = Path("outbox")
     """Directory that receives one ``<alert_id>.eml`` file per alert."""
-    from_email: str = Field(default="Mobilise alerts <alerts@example.org>", min_length=3)
-    """The From header."""
-    unsubscribe_email: str = Field(default="unsubscribe@example.org", pattern=r"@")
-    """The mailbox named in List-Unsubscribe and in the footer."""
 
 
 class OutboxSink(Sink[OutboxConfig]):
@@ -51,9 +47,7 @@ class OutboxSink(Sink[OutboxConfig]):
     async def setup(self) -> None:
         """Create the outbox directory."""
         self.config.outbox_dir.mkdir(parents=True, exist_ok=True)
-        self._identity = EmailIdentity(
-            from_email=self.config.from_email, unsubscribe_email=self.config.unsubscribe_email
-        )
+        self._identity = self.config.identity()
 
     async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
         """Write the batch off the event loop (file I/O blocks)."""

@@ -3,8 +3,9 @@
 An alert email has two kinds of content. Everything about the case (subject, what
 happened, the action call) is the same for every person who gets that update in that
 language: :func:`render_shared` renders it once, with a placeholder token in each of the
-three per-person slots (the greeting, the "why you got this" sentence and the subscriber
-id in the unsubscribe instructions). :func:`render_personal` renders one person's slot
+per-person slots (the greeting, the "why you got this" sentence, and the subscriber id in
+the unsubscribe instructions or, with signed links, the person's unsubscribe URL).
+:func:`render_personal` renders one person's slot
 values, in plain text and in escaped HTML; :func:`fill` puts them in. :func:`render_alert`
 is exactly that composition, so a sink that renders per person (the outbox, SMTP) and one
 that lets the provider fill the slots (SendGrid's substitutions) send the same email.
@@ -24,9 +25,11 @@ import jinja2
 from markupsafe import escape
 from pydantic import BaseModel, ConfigDict
 
+from mobilise.links import PublicLinks
 from schemas import Alert, MatchReason, PublicCase, country_name
 
 __all__ = [
+    "ONE_CLICK",
     "PLACEHOLDER_MARK",
     "SUPPORTED_LANGUAGES",
     "EmailIdentity",
@@ -38,6 +41,7 @@ __all__ = [
     "render_personal",
     "render_shared",
     "template_language",
+    "unsubscribe_headers",
     "unsubscribe_mailto",
 ]
 
@@ -47,16 +51,22 @@ SUPPORTED_LANGUAGES = ("en", "fr", "es")
 PLACEHOLDER_MARK = "%mobilise_"
 """Every placeholder token starts with this; case texts may not contain it."""
 
+ONE_CLICK = {"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+"""The RFC 8058 header that makes the https:// List-Unsubscribe URL a one-click POST."""
+
 
 class EmailIdentity(BaseModel):
     """Who the alert emails come from and where people can unsubscribe."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     from_email: str
     """The From header, e.g. ``Network alerts <alerts@example.org>``."""
     unsubscribe_email: str
     """Mailbox that receives unsubscribe requests (the List-Unsubscribe mailto)."""
+    links: PublicLinks | None = None
+    """Signed one-click unsubscribe URLs; None for the mailto: only. Email sinks take them
+    from :meth:`connectors.email_config.EmailSinkConfig.identity`."""
 
 
 class RenderedEmail(BaseModel):
@@ -109,6 +119,10 @@ class PersonalParts(BaseModel):
     why_html: str
     subscriber_text: str
     subscriber_html: str
+    unsubscribe_url_text: str | None = None
+    """The person's signed unsubscribe URL, when the identity has links."""
+    unsubscribe_url_html: str | None = None
+    """The same, escaped for an HTML attribute."""
 
     placeholders: ClassVar[dict[str, str]] = {
         field: f"{PLACEHOLDER_MARK}{field}%"
@@ -119,13 +133,16 @@ class PersonalParts(BaseModel):
             "why_html",
             "subscriber_text",
             "subscriber_html",
+            "unsubscribe_url_text",
+            "unsubscribe_url_html",
         )
     }
     """Field name → the token that stands for it in a shared body."""
 
     def substitutions(self) -> dict[str, str]:
-        """Token → value, for :func:`fill` or a provider's substitutions."""
-        return {token: getattr(self, field) for field, token in self.placeholders.items()}
+        """Token → value, for :func:`fill` or a provider's substitutions (slots without a value left out)."""
+        values = ((token, getattr(self, field)) for field, token in self.placeholders.items())
+        return {token: value for token, value in values if value is not None}
 
 
 _TOKENS = PersonalParts.placeholders
@@ -164,6 +181,18 @@ def unsubscribe_mailto(identity: EmailIdentity, subscriber_id: str) -> str:
     return f"mailto:{_mailbox(identity.unsubscribe_email)}?subject={quote('unsubscribe ' + subscriber_id)}"
 
 
+def unsubscribe_headers(identity: EmailIdentity, subscriber_id: str) -> dict[str, str]:
+    """``List-Unsubscribe`` for one person, and with signed links the RFC 8058 one-click header.
+
+    ``<mailto:…>`` always; ``, <{public_url}/unsubscribe/{token}>`` and
+    ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` when the identity has links.
+    """
+    value = f"<{unsubscribe_mailto(identity, subscriber_id)}>"
+    if identity.links is None:
+        return {"List-Unsubscribe": value}
+    return {"List-Unsubscribe": f"{value}, <{identity.links.unsubscribe_url(subscriber_id)}>", **ONE_CLICK}
+
+
 def render_shared(case: PublicCase, language: str, identity: EmailIdentity) -> SharedEmail:
     """Render what ``case`` looks like for every person speaking ``language``.
 
@@ -199,6 +228,7 @@ def render_shared(case: PublicCase, language: str, identity: EmailIdentity) -> S
         ),
         "unsubscribe_email": _mailbox(identity.unsubscribe_email),
     }
+    linked = identity.links is not None
     env = _environment()
     chosen = template_language(language)
     subject = env.get_template(f"alert.{chosen}.subject.j2").render(context)
@@ -207,12 +237,14 @@ def render_shared(case: PublicCase, language: str, identity: EmailIdentity) -> S
         greeting=_TOKENS["greeting_text"],
         why=_TOKENS["why_text"],
         subscriber_id=_TOKENS["subscriber_text"],
+        unsubscribe_url=_TOKENS["unsubscribe_url_text"] if linked else None,
     )
     html = env.get_template(f"alert.{chosen}.html.j2").render(
         context,
         greeting=_TOKENS["greeting_html"],
         why=_TOKENS["why_html"],
         subscriber_id=_TOKENS["subscriber_html"],
+        unsubscribe_url=_TOKENS["unsubscribe_url_html"] if linked else None,
     )
     return SharedEmail(language=chosen, subject=" ".join(subject.split()), text=text, html=html)
 
@@ -231,13 +263,19 @@ def _why(language: str, reason: MatchReason) -> tuple[str, str]:
     return str(text), str(html)
 
 
-def render_personal(alert: Alert) -> PersonalParts:
-    """Render the per-person slot values of ``alert`` (its greeting, reason and subscriber id)."""
+def render_personal(alert: Alert, identity: EmailIdentity) -> PersonalParts:
+    """Render the per-person slot values of ``alert``.
+
+    They are its greeting, reason, subscriber id and, when ``identity`` has links, the
+    person's signed unsubscribe URL. Pass the identity the shared body was rendered with:
+    it decides whether the body has the unsubscribe URL slot.
+    """
     language = template_language(alert.language)
     env = _environment()
     greeting_text = env.get_template(f"alert.{language}.personal.txt.j2").module.greeting(alert.name)  # type: ignore[attr-defined]  # a template macro
     greeting_html = env.get_template(f"alert.{language}.personal.html.j2").module.greeting(alert.name)  # type: ignore[attr-defined]  # a template macro
     why_text, why_html = _why(language, alert.reason)
+    url = identity.links.unsubscribe_url(alert.subscriber_id) if identity.links is not None else None
     return PersonalParts(
         greeting_text=str(greeting_text),
         greeting_html=str(greeting_html),
@@ -245,6 +283,8 @@ def render_personal(alert: Alert) -> PersonalParts:
         why_html=why_html,
         subscriber_text=alert.subscriber_id,
         subscriber_html=str(escape(alert.subscriber_id)),
+        unsubscribe_url_text=url,
+        unsubscribe_url_html=str(escape(url)) if url is not None else None,
     )
 
 
@@ -252,8 +292,23 @@ def fill(body: str, substitutions: Mapping[str, str]) -> str:
     """Replace every placeholder token in ``body`` by its value, in one pass.
 
     One pass, so a value that happens to contain a token is not substituted again.
+
+    Raises:
+        ValueError: ``body`` has a slot ``substitutions`` gives no value for (the shared
+            body and the personal parts were rendered with different identities).
+
     """
-    return _TOKEN_PATTERN.sub(lambda match: substitutions[match.group(0)], body)
+
+    def value(match: re.Match[str]) -> str:
+        try:
+            return substitutions[match.group(0)]
+        except KeyError:
+            raise ValueError(
+                f"no value for the slot {match.group(0)}: render the shared body and the personal "
+                "parts with the same EmailIdentity"
+            ) from None
+
+    return _TOKEN_PATTERN.sub(value, body)
 
 
 _SHARED_CACHE_SIZE = 64
@@ -276,7 +331,7 @@ def _shared_of(alert: Alert, identity: EmailIdentity) -> SharedEmail:
 def render_alert(alert: Alert, identity: EmailIdentity) -> RenderedEmail:
     """Render ``alert`` in the subscriber's language (English when there is no template)."""
     shared = _shared_of(alert, identity)
-    values = render_personal(alert).substitutions()
+    values = render_personal(alert, identity).substitutions()
     return RenderedEmail(
         alert_id=alert.alert_id,
         to_email=str(alert.email),
@@ -286,7 +341,7 @@ def render_alert(alert: Alert, identity: EmailIdentity) -> RenderedEmail:
         text=fill(shared.text, values),
         html=fill(shared.html, values),
         headers={
-            "List-Unsubscribe": f"<{unsubscribe_mailto(identity, alert.subscriber_id)}>",
+            **unsubscribe_headers(identity, alert.subscriber_id),
             "X-Mobilise-Alert-Id": alert.alert_id,
             "X-Mobilise-Case-Id": alert.case.case_id,
             "X-Mobilise-Event-Id": alert.event_id,

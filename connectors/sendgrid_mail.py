@@ -1,7 +1,8 @@
 """SendGridSink: alerts through SendGrid's v3 Mail Send API, up to 1,000 people per request.
 
-Alerts of one case update in one language share everything but three slots (greeting,
-"why you got this", subscriber id), so each such group is rendered once and sent as
+Alerts of one case update in one language share everything but a few slots (greeting,
+"why you got this", subscriber id, and the signed unsubscribe link when
+``MOBILISE_PUBLIC_URL`` is set), so each such group is rendered once and sent as
 requests of up to 1,000 personalizations; SendGrid fills each person's slots from their
 ``substitutions``. Planning the requests (:func:`plan_requests`), judging SendGrid's answers
 (:func:`judge_response`) and pacing (:class:`TokenBucket`) are pure; the sink only sends.
@@ -20,7 +21,6 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from typing import Any, Literal
-from urllib.parse import quote
 
 import jinja2
 import sendgrid
@@ -31,14 +31,16 @@ from python_http_client import exceptions as http_errors
 from mobilise.errors import ConfigurationError
 from schemas import Alert, PublicCase
 
-from .base import Sink, SinkConfig, SinkOutcome
+from .base import Sink, SinkOutcome
+from .email_config import EmailSinkConfig
 from .rendering import (
+    ONE_CLICK,
     EmailIdentity,
     SharedEmail,
     fill,
     render_personal,
     render_shared,
-    unsubscribe_mailto,
+    unsubscribe_headers,
 )
 
 __all__ = [
@@ -64,8 +66,12 @@ _ADDRESS = re.compile(r"[^\s@<>()\[\]\"',;:]+@[^\s@<>()\[\]\"',;:]+")
 _PERSONALIZATION_FIELD = re.compile(r"^personalizations\.(\d+)\b")
 
 
-class SendGridConfig(SinkConfig):
+class SendGridConfig(EmailSinkConfig):
     """Settings of the SendGrid sink (environment: ``MOBILISE_SENDGRID_API_KEY`` and so on).
+
+    The sender, the unsubscribe mailbox and signed links (``MOBILISE_FROM_EMAIL`` — a
+    sender SendGrid has verified for the key's account —, ``MOBILISE_UNSUBSCRIBE_EMAIL``,
+    ``MOBILISE_PUBLIC_URL``, ``MOBILISE_SECRET_KEY``) are :class:`EmailSinkConfig`'s.
 
     Raises:
         ConfigurationError: a setting is missing or invalid; the message names the variable.
@@ -82,13 +88,6 @@ class SendGridConfig(SinkConfig):
     """Ceiling on requests per second from one worker (bursts up to one second's worth)."""
     sendgrid_timeout: float = Field(default=30.0, gt=0, le=600)
     """Seconds to wait for SendGrid's answer to one request before calling it retryable."""
-    from_email: str = Field(default="Mobilise alerts <alerts@example.org>", min_length=3)
-    """The From header: a sender SendGrid has verified for the key's account."""
-    unsubscribe_email: str = Field(default="unsubscribe@example.org", pattern=r"@")
-    """The mailbox named in List-Unsubscribe and in the footer."""
-    public_url: str | None = None
-    """Public HTTPS base of the unsubscribe web endpoint; when set, emails also carry
-    ``List-Unsubscribe: <{public_url}/unsubscribe/{subscriber_id}>`` and RFC 8058 one-click."""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -96,17 +95,14 @@ class SendGridConfig(SinkConfig):
         except ValidationError as exc:
             problems = []
             for error in exc.errors(include_url=False):
-                name = str(error["loc"][0]) if error["loc"] else "?"
-                shown = "" if name == "sendgrid_api_key" else f"={error.get('input')!r}"
-                problems.append(f"MOBILISE_{name.upper()}{shown}: {error['msg']}")
+                message = str(error["msg"]).removeprefix("Value error, ")
+                if not error["loc"]:  # a rule about several fields names them itself
+                    problems.append(message)
+                    continue
+                name = str(error["loc"][0])
+                shown = "" if name in ("sendgrid_api_key", "secret_key") else f"={error.get('input')!r}"
+                problems.append(f"MOBILISE_{name.upper()}{shown}: {message}")
             raise ConfigurationError("invalid SendGrid settings: " + "; ".join(problems)) from exc
-
-    @field_validator("from_email")
-    @classmethod
-    def _has_a_mailbox(cls, value: str) -> str:
-        if "@" not in parseaddr(value)[1]:
-            raise ValueError("must be an address, e.g. 'Network alerts <alerts@example.org>'")
-        return value
 
     @field_validator("sendgrid_host")
     @classmethod
@@ -115,19 +111,6 @@ class SendGridConfig(SinkConfig):
             raise ValueError(
                 "must be the API's scheme and host only, e.g. 'https://api.sendgrid.com' "
                 "(or 'https://api.eu.sendgrid.com')"
-            )
-        return value.rstrip("/")
-
-    @field_validator("public_url")
-    @classmethod
-    def _is_https(cls, value: str | None) -> str | None:
-        if not value:  # unset, or set to nothing
-            return None
-        if not re.fullmatch(r"https://[^\s/]+(/[^\s]*)?", value):
-            raise ValueError(
-                "must be the https:// address the unsubscribe endpoint is served under, e.g. "
-                "'https://alerts.example.org' (RFC 8058 one-click unsubscribe needs HTTPS); "
-                "leave it unset to send only the mailto: link"
             )
         return value.rstrip("/")
 
@@ -248,24 +231,25 @@ def _request(
     identity: EmailIdentity,
     *,
     sandbox: bool,
-    public_url: str | None,
 ) -> MailRequest:
     first = people[0][0]
     sender_name, sender_email = parseaddr(identity.from_email)
     headers = {"X-Mobilise-Case-Id": first.case.case_id, "X-Mobilise-Event-Id": first.event_id}
-    if public_url:
-        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    if identity.links is not None:
+        headers.update(ONE_CLICK)
     personalizations = []
     for alert, values in people:
-        unsubscribe = f"<{unsubscribe_mailto(identity, alert.subscriber_id)}>"
-        if public_url:
-            unsubscribe += f", <{public_url.rstrip('/')}/unsubscribe/{quote(alert.subscriber_id, safe='')}>"
+        # Each person's List-Unsubscribe names their own signed URL.
+        unsubscribe = unsubscribe_headers(identity, alert.subscriber_id)["List-Unsubscribe"]
         personalization: dict[str, Any] = {
             "to": [_address(str(alert.email), alert.name)],
-            # Ids only: SendGrid keeps custom_args and categories, and treats them as not personal.
+            # Ids only: SendGrid keeps custom_args and categories, and treats them as not
+            # personal. Its event webhook sends them back with every event of the message,
+            # which is how feedback names the alert (connectors/sendgrid_feedback.py).
             "custom_args": {
                 "alert_id": alert.alert_id,
                 "event_id": alert.event_id,
+                "case_id": alert.case.case_id,
                 "subscriber_id": alert.subscriber_id,
             },
             "headers": {"List-Unsubscribe": unsubscribe, "X-Mobilise-Alert-Id": alert.alert_id},
@@ -300,13 +284,15 @@ def plan_requests(
     identity: EmailIdentity,
     *,
     sandbox: bool = False,
-    public_url: str | None = None,
 ) -> tuple[list[MailRequest], list[SinkOutcome]]:
     """Plan the Mail Send requests that deliver ``alerts``. Pure.
 
     Alerts with the same event, language and case content share one rendered body with
     placeholders; each person's slot values go in their personalization's
-    ``substitutions`` (separate keys for text and escaped HTML). Requests hold at most
+    ``substitutions`` (separate keys for text and escaped HTML), their signed unsubscribe
+    URL among them when ``identity`` has links (then each personalization's
+    ``List-Unsubscribe`` names that URL too, and the request carries the RFC 8058
+    ``List-Unsubscribe-Post`` header). Requests hold at most
     1,000 personalizations and never one address twice. A person whose substitutions
     would exceed SendGrid's 10,000 bytes gets a request of their own with the body
     filled in. An alert id given twice is planned once.
@@ -319,7 +305,7 @@ def plan_requests(
     failed: list[SinkOutcome] = []
 
     def request(shared: SharedEmail, people: Sequence[tuple[Alert, dict[str, str] | None]]) -> MailRequest:
-        return _request(shared, people, identity, sandbox=sandbox, public_url=public_url)
+        return _request(shared, people, identity, sandbox=sandbox)
 
     for group in _groups(alerts):
         try:
@@ -330,7 +316,7 @@ def plan_requests(
         people: list[tuple[Alert, dict[str, str]]] = []
         for alert in group:
             try:
-                values = render_personal(alert).substitutions()
+                values = render_personal(alert, identity).substitutions()
             except (jinja2.TemplateError, ValueError) as exc:
                 failed.append(_cannot_render(alert, exc))
                 continue
@@ -468,9 +454,7 @@ class SendGridSink(Sink[SendGridConfig]):
         self._wall_clock = wall_clock
         self._sleep = sleep
         self._bucket = TokenBucket(config.sendgrid_max_requests_per_second)
-        self._identity = EmailIdentity(
-            from_email=config.from_email, unsubscribe_email=config.unsubscribe_email
-        )
+        self._identity = config.identity()
         self._client: sendgrid.SendGridAPIClient | None = None
 
     async def setup(self) -> None:
@@ -509,7 +493,6 @@ class SendGridSink(Sink[SendGridConfig]):
             alerts,
             self._identity,
             sandbox=self.config.sendgrid_sandbox,
-            public_url=self.config.public_url,
         )
         halted: Verdict | None = None
         for request in requests:

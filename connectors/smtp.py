@@ -19,20 +19,21 @@ from typing import Any, Literal
 import aiosmtplib
 import jinja2
 import structlog
-from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, model_validator
 
 from mobilise.errors import ConfigurationError, RetryableError
 from schemas import Alert
 
-from .base import Sink, SinkConfig, SinkOutcome
+from .base import Sink, SinkOutcome
+from .email_config import EmailSinkConfig
 from .mime import to_message
-from .rendering import EmailIdentity, render_alert
+from .rendering import render_alert
 
 __all__ = ["SmtpConfig", "SmtpSink"]
 
 log = structlog.get_logger(__name__)
 
-_SECRET_FIELDS = frozenset({"smtp_username", "smtp_password"})
+_SECRET_FIELDS = frozenset({"smtp_username", "smtp_password", "secret_key"})
 _ADDRESS = re.compile(r"[^\s@<>()\[\]\"',;:]+@[^\s@<>()\[\]\"',;:]+")
 _AUTH_CODES = frozenset({530, 534, 535, 538})
 """Replies that mean "log in (properly) first" (RFC 4954), whatever command they answer."""
@@ -41,8 +42,11 @@ _AUTH_RETRY_AFTER = 60.0
 _MAX_ERROR_CHARS = 500
 
 
-class SmtpConfig(SinkConfig):
+class SmtpConfig(EmailSinkConfig):
     """Settings of the SMTP sink (environment: ``MOBILISE_SMTP_HOST`` and so on).
+
+    The sender, the unsubscribe mailbox and signed links are :class:`EmailSinkConfig`'s;
+    the From address is also the envelope sender (MAIL FROM).
 
     Raises:
         ConfigurationError: a setting is missing or invalid; the message names the variable.
@@ -66,10 +70,6 @@ class SmtpConfig(SinkConfig):
     """A PEM bundle of CA certificates to trust instead of the system's (e.g. a private CA)."""
     smtp_max_messages_per_connection: int = Field(default=100, ge=1, le=100_000)
     """Messages sent over one connection before it is closed and a new one opened."""
-    from_email: str = Field(default="Mobilise alerts <alerts@example.org>", min_length=3)
-    """The From header; its address is also the envelope sender (MAIL FROM)."""
-    unsubscribe_email: str = Field(default="unsubscribe@example.org", pattern=r"@")
-    """The mailbox named in List-Unsubscribe and in the footer."""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -82,15 +82,9 @@ class SmtpConfig(SinkConfig):
                     continue
                 name = str(error["loc"][0])
                 shown = "" if name in _SECRET_FIELDS else f"={error.get('input')!r}"
-                problems.append(f"MOBILISE_{name.upper()}{shown}: {error['msg']}")
+                message = str(error["msg"]).removeprefix("Value error, ")
+                problems.append(f"MOBILISE_{name.upper()}{shown}: {message}")
             raise ConfigurationError("invalid SMTP settings: " + "; ".join(problems)) from exc
-
-    @field_validator("from_email")
-    @classmethod
-    def _has_a_mailbox(cls, value: str) -> str:
-        if "@" not in parseaddr(value)[1]:
-            raise ValueError("must be an address, e.g. 'Network alerts <alerts@example.org>'")
-        return value
 
     @model_validator(mode="after")
     def _credentials_in_pairs(self) -> SmtpConfig:
@@ -138,9 +132,7 @@ class SmtpSink(Sink[SmtpConfig]):
 
     def __init__(self, config: SmtpConfig) -> None:
         super().__init__(config)
-        self._identity = EmailIdentity(
-            from_email=config.from_email, unsubscribe_email=config.unsubscribe_email
-        )
+        self._identity = config.identity()
         self._sender = parseaddr(config.from_email)[1]
         self._tls_context: ssl.SSLContext | None = None
         self._client: aiosmtplib.SMTP | None = None

@@ -72,6 +72,18 @@ def worker() -> None:
     run_worker(_settings())
 
 
+@main.command("web")
+@click.option("--host", default=None, help="Interface to listen on (default: MOBILISE_WEB_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: MOBILISE_WEB_PORT, 8080).")
+@_friendly
+def web_command(host: str | None, port: int | None) -> None:
+    """Serve SendGrid's event webhook, the signed unsubscribe links and /healthz."""
+    from .web import run_web
+
+    settings = _settings()
+    run_web(settings, host=host or settings.web_host, port=settings.web_port if port is None else port)
+
+
 @main.group()
 def topics() -> None:
     """Manage the pipeline's topics."""
@@ -221,14 +233,24 @@ def schemas_export(directory: Path) -> None:
 @click.option(
     "--port", type=int, default=None, help="Broker port (default: 9092 if free, else any free port)."
 )
+@click.option(
+    "--web-port", type=int, default=None, help="Web port (default: 8080 if free, else any free port)."
+)
 @_friendly
-def dev(demo: bool, port: int | None) -> None:
-    """Run everything locally: the embedded broker, the topics and a worker with the outbox sink."""
+def dev(demo: bool, port: int | None, web_port: int | None) -> None:
+    """Run everything locally: embedded broker, topics, web process, worker with the outbox sink.
+
+    The emails' unsubscribe links point at the local web process, signed with a key kept
+    in the data directory (so links in earlier emails keep working after a restart).
+    """
     from .broker import EmbeddedBroker, free_port
+    from .web import BackgroundWebServer
 
     chosen = port or (9092 if _port_is_free(9092) else free_port())
+    web_chosen = web_port or (8080 if _port_is_free(8080) else free_port())
     os.environ.setdefault("MOBILISE_LOG_FORMAT", "console")
     outbox = Path(os.environ.setdefault("MOBILISE_OUTBOX_DIR", "outbox")).resolve()
+    _dev_links(web_chosen)
     with EmbeddedBroker(port=chosen) as broker:
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
         settings = _settings(sink="outbox")
@@ -238,15 +260,40 @@ def dev(demo: bool, port: int | None) -> None:
 
         names = TopicNames(prefix=settings.topic_prefix)
         create_topics(settings.bootstrap_servers, topic_specs(names, settings.partitions), 1)
-        click.echo(
-            f"\n  broker   {broker.bootstrap} (embedded, in memory)\n"
-            f"  outbox   {outbox}  (one .eml file per alert)\n"
-            f"  publish  KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap} mobilise publish FILE\n"
-            "  stop     Ctrl-C\n"
-        )
-        from streams.worker import run_worker
+        with BackgroundWebServer(settings, host="127.0.0.1", port=web_chosen) as server:
+            click.echo(
+                f"\n  broker   {broker.bootstrap} (embedded, in memory)\n"
+                f"  web      {server.url}  (unsubscribe links in the emails; SendGrid webhook at "
+                "/webhooks/sendgrid)\n"
+                f"  outbox   {outbox}  (one .eml file per alert)\n"
+                f"  publish  KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap} mobilise publish FILE\n"
+                "  stop     Ctrl-C\n"
+            )
+            from streams.worker import run_worker
 
-        run_worker(settings, observe=_demo(settings, send, names) if demo else None)
+            run_worker(settings, observe=_demo(settings, send, names) if demo else None)
+
+
+def _dev_links(web_port: int) -> None:
+    """Point the emails' links at the local web process, signed with a key kept in the data dir.
+
+    Variables already set win: a developer may use their own key or a tunnel's address.
+    """
+    import secrets
+
+    data_dir = Path(os.environ.get("MOBILISE_DATA_DIR") or Settings.model_fields["data_dir"].default)
+    path = data_dir / "dev-secret-key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another `mobilise dev` wrote it first
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48) + "\n")
+    os.environ.setdefault("MOBILISE_SECRET_KEY", path.read_text().strip())
+    os.environ.setdefault("MOBILISE_PUBLIC_URL", f"http://127.0.0.1:{web_port}")
 
 
 def _demo(settings: Settings, send: Callable[..., int], names: Any) -> Callable[[Any], None]:
@@ -299,3 +346,4 @@ def _describe(exc: ValidationError) -> str:
         f"{'.'.join(str(p) for p in e['loc']) or 'subscription'}: {e['msg']}"
         for e in exc.errors(include_url=False)
     )
+

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from .errors import ConfigurationError
+from .links import LinkSettings
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["SECRET_FIELDS", "Settings", "describe_problems", "load_settings"]
+
+SECRET_FIELDS = frozenset({"secret_key"})
+"""Fields whose values never appear in an error message."""
 
 
-class Settings(BaseSettings):
-    """Everything a worker or the CLI needs to know; each field is an environment variable.
+class Settings(LinkSettings):
+    """Everything a worker, the web process or the CLI needs to know; each field is an environment variable.
 
     ``KAFKA_BOOTSTRAP_SERVERS`` keeps its conventional name; every other variable is the
     field name upper-cased with the ``MOBILISE_`` prefix (``partitions`` →
-    ``MOBILISE_PARTITIONS``).
+    ``MOBILISE_PARTITIONS``). The signed-link settings (``public_url``, ``secret_key``)
+    come from :class:`mobilise.links.LinkSettings`, which the email sinks share.
     """
 
     model_config = SettingsConfigDict(env_prefix="MOBILISE_", extra="ignore", frozen=True)
@@ -57,6 +65,36 @@ class Settings(BaseSettings):
     """Interface of a worker's /health, /ready and /metrics (``0.0.0.0`` in a container)."""
     health_port: int | None = Field(default=None, ge=0, le=65535)
     """Port of a worker's /health, /ready and /metrics; unset: not served (0: any free port)."""
+    web_host: str = Field(default="127.0.0.1", min_length=1)
+    """Interface ``mobilise web`` listens on (``0.0.0.0`` in a container)."""
+    web_port: int = Field(default=8080, ge=0, le=65535)
+    """Port ``mobilise web`` listens on."""
+    sendgrid_webhook_public_key: str | None = None
+    """The Signed Event Webhook's verification key from SendGrid's Mail Settings (base64 DER,
+    or PEM). Unset, ``POST /webhooks/sendgrid`` refuses every request (503)."""
+    sendgrid_webhook_max_age: float = Field(default=600.0, gt=0, le=86_400)
+    """Oldest signed webhook timestamp accepted, in seconds (older requests are replays: 401)."""
+
+    @field_validator("sendgrid_webhook_public_key")
+    @classmethod
+    def _is_a_p256_key(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        # SendGrid shows the key as base64 DER; a PEM copy is accepted too.
+        body = "".join(line.strip() for line in value.strip().splitlines() if "-----" not in line)
+        try:
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+            key = load_der_public_key(base64.b64decode(body, validate=True))
+        except (ValueError, binascii.Error) as exc:
+            raise ValueError(
+                "is not a public key: paste the verification key shown under SendGrid's Settings → "
+                "Mail Settings → Signed Event Webhook"
+            ) from exc
+        if not (isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)):
+            raise ValueError("must be an ECDSA P-256 public key, as SendGrid's Signed Event Webhook uses")
+        return body
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -69,13 +107,23 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]  # overrides are validated here
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            variable = (
-                "KAFKA_BOOTSTRAP_SERVERS"
-                if field == "kafka_bootstrap_servers"
-                else f"MOBILISE_{field.upper()}"
-            )
-            problems.append(f"{variable}={error.get('input')!r}: {error['msg']}")
-        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from exc
+        raise ConfigurationError("invalid configuration: " + "; ".join(describe_problems(exc))) from exc
+
+
+def describe_problems(exc: ValidationError, *, hidden: Collection[str] = SECRET_FIELDS) -> list[str]:
+    """One line per problem, naming the environment variable, its value (unless ``hidden``) and the fix."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:  # a rule about several fields names them itself
+            problems.append(message)
+            continue
+        field = str(error["loc"][0])
+        variable = (
+            "KAFKA_BOOTSTRAP_SERVERS" if field == "kafka_bootstrap_servers" else f"MOBILISE_{field.upper()}"
+        )
+        # Secrets stay out of error messages; the webhook key is public but too long to show.
+        quiet = field in hidden or field == "sendgrid_webhook_public_key"
+        shown = "" if quiet else f"={error.get('input')!r}"
+        problems.append(f"{variable}{shown}: {message}")
+    return problems

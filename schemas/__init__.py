@@ -6,6 +6,12 @@ from .dead_letter import DeadLetter, FieldError
 from .delivery import DeliveryEvent, DeliveryOutcome
 from .geography import Country, Region, country_name, known_countries, region_of
 from .subscription import Subscription, subscriber_id_for
+from .suppression import (
+    SubscriptionsRecord,
+    Suppression,
+    SuppressionReason,
+    read_subscriptions_record,
+)
 from .vocabulary import (
     BASE_INTERESTS,
     ActionKind,
@@ -36,11 +42,15 @@ __all__ = [
     "PublicCase",
     "Region",
     "Subscription",
+    "SubscriptionsRecord",
+    "Suppression",
+    "SuppressionReason",
     "alert_id_for",
     "brand_key",
     "country_name",
     "known_countries",
     "known_interests",
+    "read_subscriptions_record",
     "region_of",
     "subscriber_id_for",
 ]

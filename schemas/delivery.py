@@ -13,7 +13,11 @@ __all__ = ["DeliveryEvent", "DeliveryOutcome"]
 
 
 class DeliveryOutcome(StrEnum):
-    """The fate of one alert at one sink."""
+    """The fate of one alert at one sink, then at the provider behind it.
+
+    The first four are recorded by the delivery stage; the others come back later from
+    the provider (SendGrid's event webhook) and were added in schema version 2.
+    """
 
     ACCEPTED = "accepted"
     """The sink (or the provider behind it) took the message."""
@@ -23,13 +27,38 @@ class DeliveryOutcome(StrEnum):
     """A retryable failure; the alert will be tried again."""
     DEAD_LETTERED = "dead_lettered"
     """A permanent failure; the alert went to dead-letters."""
+    DELIVERED = "delivered"
+    """The recipient's mail server accepted the message."""
+    DEFERRED = "deferred"
+    """The recipient's mail server asked the provider to try again later; it will."""
+    BOUNCED = "bounced"
+    """The recipient's mail server refused the address for good; the person is suppressed."""
+    BLOCKED = "blocked"
+    """The recipient's server refused this message (reputation, content), not the address:
+    the person stays subscribed."""
+    DROPPED = "dropped"
+    """The provider did not send it (address on its suppression lists, or invalid); suppressed."""
+    SPAM_REPORTED = "spam_reported"
+    """The recipient marked it as spam; the person is suppressed."""
+    UNSUBSCRIBED = "unsubscribed"
+    """The recipient unsubscribed through the provider; the person is suppressed."""
+    OPENED = "opened"
+    """The recipient opened it (as far as open tracking can tell)."""
+    CLICKED = "clicked"
+    """The recipient followed a link in it."""
 
 
 class DeliveryEvent(Event):
-    """One outcome of one alert at one sink. Key on the topic: ``subscriber_id``."""
+    """One outcome of one alert at one sink. Key on the topic: ``subscriber_id``.
 
-    schema_version: Literal[1] = 1
-    """Version of this schema; a reader rejects versions it does not know."""
+    Outcomes reported by a provider carry its event id (``provider_event_id``) and its
+    event time (``at``): the same provider event always gives the same record, byte for
+    byte, so a provider retrying its webhook adds nothing a consumer cannot recognise.
+    """
+
+    schema_version: Literal[1, 2] = 2
+    """Version of this schema; a reader rejects versions it does not know. Version 2 added
+    the provider-side outcomes and ``provider_event_id``; version 1 records read unchanged."""
     alert_id: str
     """The alert concerned."""
     event_id: str
@@ -47,6 +76,8 @@ class DeliveryEvent(Event):
     attempts: int = 1
     """How many attempts it took."""
     detail: str | None = None
-    """The error, for failures."""
+    """The error, for failures; the provider's reason (addresses removed) for its outcomes."""
+    provider_event_id: str | None = None
+    """The provider's id of the event reported (SendGrid's ``sg_event_id``); None from the sink."""
     at: AwareDatetime
     """When it happened."""

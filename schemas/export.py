@@ -11,17 +11,19 @@ from .case_update import CaseUpdate
 from .dead_letter import DeadLetter
 from .delivery import DeliveryEvent
 from .subscription import Subscription
+from .suppression import Suppression
 
 __all__ = ["EXPORTED", "export_json_schemas"]
 
 EXPORTED: dict[str, type[Event]] = {
     "case-update": CaseUpdate,
     "subscription": Subscription,
+    "suppression": Suppression,
     "alert": Alert,
     "delivery-event": DeliveryEvent,
     "dead-letter": DeadLetter,
 }
-"""File stem → model, one file per topic contract."""
+"""File stem → model, one file per record contract (the subscriptions topic carries two)."""
 
 
 def export_json_schemas(directory: Path) -> list[Path]:

@@ -9,6 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from email import policy
+from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
@@ -87,7 +90,8 @@ def test_schemas_export(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert len(list((tmp_path / "schemas").glob("*.schema.json"))) == 5
+    written = sorted(p.name for p in (tmp_path / "schemas").glob("*.schema.json"))
+    assert len(written) == 6 and "suppression.v1.schema.json" in written
 
 
 def test_a_wrong_setting_is_reported_before_anything_runs(tmp_path: Path) -> None:
@@ -104,12 +108,22 @@ def test_a_wrong_setting_is_reported_before_anything_runs(tmp_path: Path) -> Non
 
 
 def test_dev_demo_shows_alerts_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
+    port, web_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MOBILISE_", "KAFKA_"))}
     log = tmp_path / "dev.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mobilise", "dev", "--demo", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "mobilise",
+                "dev",
+                "--demo",
+                "--port",
+                str(port),
+                "--web-port",
+                str(web_port),
+            ],
             cwd=tmp_path,
             env=env,
             stdout=output,
@@ -123,11 +137,19 @@ def test_dev_demo_shows_alerts_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> No
                 time.sleep(0.2)
             time.sleep(1)  # anything more would be a wrong alert
             assert len(list(outbox.glob("*.eml"))) == 4, log.read_text()[-3000:]
+            # The emails' one-click links point at the web process dev serves, signed with a kept key.
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=10) as response:
+                assert json.loads(response.read())["kafka"] == "connected"
+            message = BytesParser(policy=policy.default).parsebytes(next(outbox.glob("*.eml")).read_bytes())
+            assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+            assert f"<http://127.0.0.1:{web_port}/unsubscribe/1." in message["List-Unsubscribe"]
+            assert len((tmp_path / "data" / "dev-secret-key").read_text().strip()) >= 32
         finally:
             process.send_signal(signal.SIGINT)
             code = process.wait(timeout=60)
     printed = log.read_text()
     assert f"127.0.0.1:{port}" in printed and str(outbox) in printed
+    assert f"http://127.0.0.1:{web_port}" in printed
     assert code == 0, printed[-3000:]
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass  # the embedded broker stopped with it

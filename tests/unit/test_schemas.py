@@ -113,9 +113,15 @@ def test_schema_export_writes_one_file_per_contract(tmp_path: object) -> None:
         "alert.v1.schema.json",
         "case-update.v1.schema.json",
         "dead-letter.v1.schema.json",
-        "delivery-event.v1.schema.json",
+        "delivery-event.v2.schema.json",
         "subscription.v1.schema.json",
+        "suppression.v1.schema.json",
     ]
     case = json.loads(Path(str(tmp_path), "case-update.v1.schema.json").read_text())
     assert case["additionalProperties"] is False
     assert {"case_id", "status", "country", "issues"} <= set(case["required"])
+    suppression = json.loads(Path(str(tmp_path), "suppression.v1.schema.json").read_text())
+    # Without "record" a record of the subscriptions topic is read as a Subscription.
+    assert suppression["required"][0] == "record"
+    assert suppression["properties"]["record"]["const"] == "suppression"
+    assert set(suppression["$defs"]["SuppressionReason"]["enum"]) >= {"bounce", "link_unsubscribe"}

@@ -11,9 +11,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import pytest
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from connectors.base import SinkOutcome
+from connectors.outbox import OutboxConfig
 from connectors.registry import load_sink
 from connectors.rendering import PLACEHOLDER_MARK, EmailIdentity, render_alert
 from connectors.sendgrid_mail import (
@@ -25,6 +27,7 @@ from connectors.sendgrid_mail import (
     plan_requests,
 )
 from mobilise.errors import ConfigurationError
+from mobilise.links import LinkSigner, PublicLinks
 from schemas import Alert, CaseUpdate, MatchReason, Region, alert_id_for
 from tests.fakes.sendgrid_server import (
     API_KEY,
@@ -38,6 +41,7 @@ from tests.fakes.sendgrid_server import (
 )
 
 T = TypeVar("T")
+SECRET = SecretStr("a-test-key-that-is-long-enough-to-sign-links")
 IDENTITY = EmailIdentity(from_email="Network <alerts@example.net>", unsubscribe_email="stop@example.net")
 REASONS = (
     MatchReason(country="BD", interests=("union_busting",)),
@@ -224,6 +228,7 @@ def test_each_person_gets_exactly_the_email_the_outbox_would_write() -> None:
             assert email.custom_args == {
                 "alert_id": alert.alert_id,
                 "event_id": alert.event_id,
+                "case_id": alert.case.case_id,
                 "subscriber_id": alert.subscriber_id,
             }
         greetings = {a.alert_id: received[a.alert_id].text.splitlines()[0] for a in alerts[:3]}
@@ -454,7 +459,7 @@ def test_nothing_personal_or_internal_goes_into_custom_args_or_categories() -> N
         assert request.body["categories"] == ["mobilise", "case:bd-1"]
         for personalization in request.body["personalizations"]:
             args = personalization["custom_args"]
-            assert set(args) == {"alert_id", "event_id", "subscriber_id"}
+            assert set(args) == {"alert_id", "event_id", "case_id", "subscriber_id"}
             assert not any("@" in value or "Person" in value for value in args.values())
         assert validate_mail_send(request.body) == []
 
@@ -466,12 +471,48 @@ def test_one_click_unsubscribe_only_with_a_public_url() -> None:
         f"<mailto:stop@example.net?subject=unsubscribe%20{alert.subscriber_id}>"
     )
     assert "List-Unsubscribe-Post" not in plain.body["headers"]
-    (one_click,), _ = plan_requests([alert], IDENTITY, public_url="https://alerts.example.net/")
-    assert one_click.body["personalizations"][0]["headers"]["List-Unsubscribe"] == (
-        f"<mailto:stop@example.net?subject=unsubscribe%20{alert.subscriber_id}>, "
-        f"<https://alerts.example.net/unsubscribe/{alert.subscriber_id}>"
-    )
+    assert "/unsubscribe/" not in json.dumps(plain.body)
+
+    linked = IDENTITY.model_copy(update={"links": PublicLinks("https://alerts.example.net/", SECRET)})
+    (one_click,), _ = plan_requests([alert], linked)
+    header = one_click.body["personalizations"][0]["headers"]["List-Unsubscribe"]
+    mailto, url = header.split(", ")
+    assert mailto == f"<mailto:stop@example.net?subject=unsubscribe%20{alert.subscriber_id}>"
+    assert url.startswith("<https://alerts.example.net/unsubscribe/") and url.endswith(">")
+    token = url[1:-1].rsplit("/", 1)[1]
+    assert LinkSigner(SECRET).verify(token, "unsubscribe") == alert.subscriber_id  # signed, not the bare id
     assert one_click.body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # The footer link is each person's own, through the substitutions.
+    assert url[1:-1] in one_click.body["personalizations"][0]["substitutions"].values()
+
+
+def test_with_signed_links_each_person_gets_the_email_the_outbox_would_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    alerts = [*make_alerts(3), *make_alerts(2, language="es", prefix="e")]
+    monkeypatch.setenv("MOBILISE_PUBLIC_URL", "https://alerts.example.net")
+    monkeypatch.setenv("MOBILISE_SECRET_KEY", SECRET.get_secret_value())
+
+    async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
+        await sink.deliver(alerts)
+        received = {email.custom_args["alert_id"]: email for email in fake.emails()}
+        outbox_identity = OutboxConfig(
+            from_email="Network <alerts@example.net>", unsubscribe_email="stop@example.net"
+        ).identity()
+        assert outbox_identity.links is not None  # the outbox reads the same settings
+        urls = set()
+        for alert in alerts:
+            email, expected = received[alert.alert_id], render_alert(alert, outbox_identity)
+            assert (email.text, email.html) == (expected.text, expected.html)
+            assert email.headers["List-Unsubscribe"] == expected.headers["List-Unsubscribe"]
+            assert email.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+            url = expected.headers["List-Unsubscribe"].split(", <")[1].rstrip(">")
+            assert url in email.text and f'href="{url}"' in email.html
+            assert "write to stop@example.net" not in email.text
+            urls.add(url)
+        assert len(urls) == len(alerts)
+
+    with_sink(test)
 
 
 def test_a_case_text_containing_the_placeholder_mark_cannot_be_rendered() -> None:
@@ -535,9 +576,20 @@ def test_settings_name_the_variable_and_hide_the_key(monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigurationError, match=r"MOBILISE_PUBLIC_URL=.*needs HTTPS"):
         SendGridConfig()
     monkeypatch.setenv("MOBILISE_PUBLIC_URL", "https://alerts.example.org/")
+    with pytest.raises(
+        ConfigurationError, match=r"MOBILISE_PUBLIC_URL is set but MOBILISE_SECRET_KEY is not"
+    ):
+        SendGridConfig()
+    monkeypatch.setenv("MOBILISE_SECRET_KEY", "too-short-to-sign")
+    with pytest.raises(ConfigurationError, match=r"MOBILISE_SECRET_KEY: must be at least 32") as raised:
+        SendGridConfig()
+    assert "too-short-to-sign" not in str(raised.value)
+    monkeypatch.setenv("MOBILISE_SECRET_KEY", SECRET.get_secret_value())
     config = SendGridConfig()
     assert "SG.secret" not in repr(config) and config.sendgrid_host == "https://api.sendgrid.com"
+    assert SECRET.get_secret_value() not in repr(config)
     assert config.public_url == "https://alerts.example.org"
+    assert config.identity().links == PublicLinks("https://alerts.example.org", SECRET)
 
 
 def test_the_sink_is_found_through_its_entry_point() -> None:
