@@ -347,3 +347,104 @@ def _describe(exc: ValidationError) -> str:
         for e in exc.errors(include_url=False)
     )
 
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
+@_friendly
+def status(as_json: bool) -> None:
+    """Topics and lag, workers, dead letters and the last delivery per sink, read from Kafka."""
+    from .status import collect_status, format_status
+
+    report = collect_status(_settings())
+    click.echo(report.model_dump_json(indent=2) if as_json else format_status(report))
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Inspect the records the pipeline could not process, and replay them after a fix."""
+
+
+@dead_letters.command("list")
+@click.option("--topic", default=None, help="Only those from this original topic (prefix optional).")
+@click.option("--stage", default=None, help="Only this stage, e.g. fanout, subscriptions, delivery.")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="The latest N.")
+@_friendly
+def dead_letters_list(topic: str | None, stage: str | None, limit: int) -> None:
+    """One line per dead letter, oldest first: when, id, topic[partition]@offset, stage, reason."""
+    from streams.topics import TopicNames
+
+    from .dead_letters import load, select, summary_line
+    from .replay import load_markers, markers_topic, replay_note
+    from .snapshot import consumer, read_topic
+
+    settings = _settings()
+    with consumer(settings.bootstrap_servers) as reader:
+        found = load(read_topic(reader, TopicNames(prefix=settings.topic_prefix).dead_letters))
+        markers = load_markers(read_topic(reader, markers_topic(settings.topic_prefix)))
+    every = select(found.letters, topic=topic, stage=stage, prefix=settings.topic_prefix)
+    shown = every[-limit:] if limit else []
+    for stored in shown:
+        note = "; ".join(replay_note(stored, markers))
+        click.echo(summary_line(stored, prefix=settings.topic_prefix, note=note))
+    if len(shown) < len(every):
+        click.echo(f"(the latest {len(shown)} of {len(every)}; --limit to see more)")
+    for bad in found.unreadable:
+        click.echo(f"unreadable record at dead-letters {bad.partition}:{bad.offset}: {bad.error}", err=True)
+
+
+@dead_letters.command("show")
+@click.argument("reference")
+@_friendly
+def dead_letters_show(reference: str) -> None:
+    """Everything about one dead letter: REFERENCE is its id (dl-…), PARTITION:OFFSET or OFFSET."""
+    from streams.topics import TopicNames
+
+    from .dead_letters import describe, load, resolve
+    from .replay import load_markers, markers_topic, replay_note
+    from .snapshot import consumer, read_topic
+
+    settings = _settings()
+    with consumer(settings.bootstrap_servers) as reader:
+        letters = load(read_topic(reader, TopicNames(prefix=settings.topic_prefix).dead_letters)).letters
+        markers = load_markers(read_topic(reader, markers_topic(settings.topic_prefix)))
+    found = resolve(letters, reference)
+    click.echo("\n\n".join(describe(s, replay_notes=replay_note(s, markers)) for s in found))
+
+
+@dead_letters.command("replay")
+@click.option("--id", "ids", multiple=True, help="A dead letter's id (dl-…) to replay (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Every dead letter not replayed yet.")
+@click.option("--topic", default=None, help="Only those from this original topic.")
+@click.option("--stage", default=None, help="Only this stage, e.g. fanout or delivery.")
+@click.option(
+    "--force", is_flag=True, help="Send again what was replayed already (the stages drop duplicates)."
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be sent; send nothing.")
+@_friendly
+def dead_letters_replay(
+    ids: tuple[str, ...], everything: bool, topic: str | None, stage: str | None, force: bool, dry_run: bool
+) -> None:
+    """Re-publish dead letters' original records to their original topics, after a fix.
+
+    Each record is sent once (a replay is remembered in the dead-letters-replayed topic);
+    one that is still invalid comes back as a new dead letter. Nothing already delivered
+    is delivered again: the stages drop known event ids and alert ids.
+    """
+    from .dead_letters import short_reference, summary_line
+    from .replay import replay_dead_letters
+
+    if bool(ids) == everything:
+        raise InvalidInput("give --all or one or more --id (see `mobilise dead-letters list`)")
+    settings = _settings()
+    outcome = replay_dead_letters(settings, ids=ids, topic=topic, stage=stage, force=force, dry_run=dry_run)
+    prefix = settings.topic_prefix
+    for stored in outcome.would_send:
+        click.echo("would replay  " + summary_line(stored, prefix=prefix))
+    for stored, marker in outcome.replayed:
+        copy = f"{marker.topic.removeprefix(prefix)}[{marker.partition}]@{marker.offset}"
+        click.echo(f"replayed  {summary_line(stored, prefix=prefix)}  → {copy}")
+    for skipped in outcome.skipped:
+        click.echo(f"skipped   {short_reference(skipped.stored, prefix=prefix)}: {skipped.reason}")
+    verb = "would be replayed" if dry_run else "replayed"
+    count = len(outcome.would_send) if dry_run else len(outcome.replayed)
+    click.echo(f"{count} dead letter(s) {verb}, {len(outcome.skipped)} skipped")
