@@ -172,7 +172,9 @@ def template_language(language: str) -> str:
     return language if language in SUPPORTED_LANGUAGES else "en"
 
 
+@lru_cache(maxsize=64)
 def _mailbox(address: str) -> str:
+    # Called per person with the same few configured addresses; parsing is not cheap.
     return parseaddr(address)[1]
 
 
