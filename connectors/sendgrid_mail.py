@@ -421,13 +421,15 @@ Sleep = Callable[[float], Awaitable[None]]
 class SendGridSink(Sink[SendGridConfig]):
     """Sends alerts through SendGrid's v3 Mail Send API.
 
-    Delivery guarantee: at least once, with duplicates bounded by one request. The
+    Delivery guarantee: at least once, with duplicates bounded by one delivery batch. The
     framework records an alert as sent only after SendGrid answered 202 for the request
     that carried it, and never hands a recorded alert to the sink again. SendGrid's Mail
-    Send has no idempotency key, so the window for a duplicate is one request (at most
-    1,000 recipients) whose 202 was received but not yet recorded when the worker died —
-    or whose answer was lost (a timeout or dropped connection after SendGrid had accepted
-    it), which is reported as retryable and sent again.
+    Send has no idempotency key, so the window for a duplicate is the delivery batch in
+    flight (``MOBILISE_DELIVERY_BATCH_SIZE``; a batch in several languages is several
+    requests, and their outcomes are recorded when the whole batch returns) whose 202s were
+    received but not yet recorded when the worker died — or a request whose answer was lost
+    (a timeout or dropped connection after SendGrid had accepted it), which is reported as
+    retryable and sent again.
 
     Outcomes per request: 202 accepted (provider id: X-Message-Id); 200 in sandbox mode
     accepted, nothing sent (logged as ``sendgrid.sandboxed``); 429 retryable after

@@ -14,6 +14,7 @@ from mobilise.kafka_security import kafka_security
 from mobilise.settings import Settings
 
 from .alerting import Matcher
+from .consumer import RewindingConsumer
 from .delivery import Delivery
 from .fanout import FanOut
 from .health import Readiness, health_app
@@ -79,6 +80,10 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         stream_wait_empty=False,
     )
     names = TopicNames(prefix=settings.topic_prefix)
+    names_read = {names.case_updates, names.subscriptions, names.case_fanout, names.alerts}
+    # This app's transport only, not faust's class: other apps in the process are untouched.
+    consumer_class = type("PipelineConsumer", (RewindingConsumer,), {"inputs": frozenset(names_read)})
+    app.transport.Consumer = consumer_class  # type: ignore[misc]  # faust declares it a class variable
     case_updates = _raw_topic(app, names.case_updates, partitions)
     subscriptions = _raw_topic(app, names.subscriptions, partitions)
     case_fanout = _raw_topic(app, names.case_fanout, partitions)
@@ -107,7 +112,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         max_attempts=settings.delivery_max_attempts,
         metrics=metrics,
     )
-    inputs = {names.case_updates, names.subscriptions, names.case_fanout, names.alerts}
+    inputs = names_read
 
     async def refresh_lag() -> None:
         metrics.consumer_lag.clear()

@@ -9,8 +9,10 @@ at most 255 characters); 202 with ``X-Message-Id`` otherwise, or 200 in sandbox 
 
 It records every request, and can be told how to answer the next ones
 (:meth:`FakeSendGrid.script`): rate limited (429 with the X-RateLimit headers), refused,
-a server error, or a dropped connection. :meth:`FakeSendGrid.emails` gives what each
-person would have received, substitutions applied.
+a server error, or a dropped connection. :attr:`FakeSendGrid.delay` makes it slow: it
+waits that long before answering each request (and still answers, and records, a request
+whose client went away meanwhile, as SendGrid would). :meth:`FakeSendGrid.emails` gives
+what each person would have received, substitutions applied.
 
 Use it inside a test's event loop (``async with FakeSendGrid() as fake``) or, for worker
 subprocesses, in a thread with its own loop (``with FakeSendGrid().in_thread() as fake``).
@@ -273,6 +275,8 @@ class FakeSendGrid:
         self.clock = clock
         self.requests: list[RecordedRequest] = []
         self._script: list[Answer] = []
+        self.delay = 0.0
+        """Seconds to wait before answering each request (a slow API); may be changed at any time."""
         self._rate_limited_until = 0.0
         self._lock = threading.Lock()
         self._runner: web.AppRunner | None = None
@@ -347,6 +351,8 @@ class FakeSendGrid:
                     ]
                 },
             )
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
         try:
             body = json.loads(raw)
         except ValueError:

@@ -1,0 +1,46 @@
+"""The worker's Kafka consumer: faust's, made to re-read partitions that have no commit yet."""
+
+from __future__ import annotations
+
+from faust.transport.consumer import ensure_TP
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+
+__all__ = ["RewindingConsumer"]
+
+
+class RewindingConsumer(AIOKafkaConsumer):
+    """Seeks input partitions without a committed offset back to their beginning.
+
+    After a rebalance faust recovers the tables while the client already reads ahead on
+    the input partitions, then seeks every partition to its committed offset. A partition
+    nobody has committed on yet (a worker that died before its first commit) is left
+    where the read-ahead stopped, and the records before it would never be processed:
+    alerts lost. Rewinding it re-reads them, which is safe because every effect is
+    idempotent (replayed updates are recognised by offset, sent alerts by id).
+
+    ``inputs`` names the topics the pipeline's agents read; changelogs are left to
+    faust's recovery.
+    """
+
+    inputs: frozenset[str] = frozenset()
+
+    async def perform_seek(self) -> None:
+        """Seek to the committed offsets, and to the beginning where there is none."""
+        committed = await self.seek_to_committed()
+        # As faust's own perform_seek does:
+        self._read_offset.update(
+            {tp: offset if offset is not None and offset >= 0 else None for tp, offset in committed.items()}
+        )
+        self._committed_offset.update(
+            {
+                ensure_TP(tp): offset if offset else None
+                for tp, offset in committed.items()
+                if offset is not None
+            }
+        )
+        # ...and then the partitions it leaves where the read-ahead stopped.
+        never = [tp for tp, offset in committed.items() if tp.topic in self.inputs and (offset or 0) <= 0]
+        if never:
+            await self._thread.seek_to_beginning(*never)
+            for tp in never:
+                self._read_offset[tp] = None
