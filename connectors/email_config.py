@@ -8,10 +8,13 @@ so the variables mean the same for every email sink and are validated in one pla
 from __future__ import annotations
 
 from email.utils import parseaddr
+from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from mobilise.errors import ConfigurationError
 from mobilise.links import LinkSettings
+from mobilise.settings import describe_problems
 
 from .base import SinkConfig
 from .rendering import EmailIdentity
@@ -28,10 +31,25 @@ class EmailSinkConfig(SinkConfig, LinkSettings):
     ``List-Unsubscribe`` and in its footer; without it, the mailto: address only.
     """
 
+    settings_name: ClassVar[str] = "email sink"
+    """How error messages name these settings."""
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"secret_key"})
+    """Fields whose values never appear in error messages."""
+
     from_email: str = Field(default="Mobilise alerts <alerts@example.org>", min_length=3)
     """The From header, e.g. ``Network alerts <alerts@example.org>``."""
     unsubscribe_email: str = Field(default="unsubscribe@example.org", pattern=r"@")
     """The mailbox named in List-Unsubscribe and in the footer."""
+
+    def __init__(self, **values: Any) -> None:
+        """Read the settings; a bad one raises ConfigurationError naming its variable."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            problems = describe_problems(exc, hidden=self.secret_fields)
+            raise ConfigurationError(
+                f"invalid {self.settings_name} settings: " + "; ".join(problems)
+            ) from exc
 
     @field_validator("from_email")
     @classmethod

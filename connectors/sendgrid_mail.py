@@ -20,15 +20,14 @@ import urllib.error
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parseaddr
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import jinja2
 import sendgrid
 import structlog
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, field_validator
 from python_http_client import exceptions as http_errors
 
-from mobilise.errors import ConfigurationError
 from schemas import Alert, PublicCase
 
 from .base import Sink, SinkOutcome
@@ -89,20 +88,8 @@ class SendGridConfig(EmailSinkConfig):
     sendgrid_timeout: float = Field(default=30.0, gt=0, le=600)
     """Seconds to wait for SendGrid's answer to one request before calling it retryable."""
 
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            problems = []
-            for error in exc.errors(include_url=False):
-                message = str(error["msg"]).removeprefix("Value error, ")
-                if not error["loc"]:  # a rule about several fields names them itself
-                    problems.append(message)
-                    continue
-                name = str(error["loc"][0])
-                shown = "" if name in ("sendgrid_api_key", "secret_key") else f"={error.get('input')!r}"
-                problems.append(f"MOBILISE_{name.upper()}{shown}: {message}")
-            raise ConfigurationError("invalid SendGrid settings: " + "; ".join(problems)) from exc
+    settings_name: ClassVar[str] = "SendGrid"
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"sendgrid_api_key", "secret_key"})
 
     @field_validator("sendgrid_host")
     @classmethod

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import aiosmtplib
 import jinja2
 import structlog
-from pydantic import Field, FilePath, SecretStr, ValidationError, model_validator
+from pydantic import Field, FilePath, SecretStr, model_validator
 
 from mobilise.errors import ConfigurationError, RetryableError
 from schemas import Alert
@@ -71,20 +71,8 @@ class SmtpConfig(EmailSinkConfig):
     smtp_max_messages_per_connection: int = Field(default=100, ge=1, le=100_000)
     """Messages sent over one connection before it is closed and a new one opened."""
 
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            problems = []
-            for error in exc.errors(include_url=False):
-                if not error["loc"]:  # a rule about several fields names them itself
-                    problems.append(str(error["msg"]).removeprefix("Value error, "))
-                    continue
-                name = str(error["loc"][0])
-                shown = "" if name in _SECRET_FIELDS else f"={error.get('input')!r}"
-                message = str(error["msg"]).removeprefix("Value error, ")
-                problems.append(f"MOBILISE_{name.upper()}{shown}: {message}")
-            raise ConfigurationError("invalid SMTP settings: " + "; ".join(problems)) from exc
+    settings_name: ClassVar[str] = "SMTP"
+    secret_fields: ClassVar[frozenset[str]] = _SECRET_FIELDS
 
     @model_validator(mode="after")
     def _credentials_in_pairs(self) -> SmtpConfig:
