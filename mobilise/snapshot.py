@@ -31,6 +31,7 @@ __all__ = [
     "consumer",
     "producer",
     "read_topic",
+    "stored_record",
     "topic_offsets",
     "unreachable",
 ]
@@ -277,7 +278,7 @@ def read_topic(
                 # Kept even past the end offset: Tansu reports the end of a partition as the
                 # base offset of its last record batch + 1, so the records after that base,
                 # which were stored before the read began, are at or past the reported end.
-                records.extend(_stored(record) for record in batch)
+                records.extend(stored_record(record) for record in batch)
     except KafkaError as exc:
         raise RetryableError(
             f"reading {topic} failed ({type(exc).__name__}: {exc}); try again, and check that "
@@ -290,7 +291,8 @@ def read_topic(
     return records
 
 
-def _stored(record: Any) -> StoredRecord:
+def stored_record(record: Any) -> StoredRecord:
+    """A consumed record (kafka-python's or aiokafka's, which have the same fields) as stored."""
     return StoredRecord(
         topic=record.topic,
         partition=record.partition,
