@@ -15,13 +15,15 @@ What is measured, and how:
    and reports that time as "indexing".
 4. The case update is published (``t0`` = just before the publish call, wall clock). The
    phases are read from the workers' log timestamps (same machine, same clock):
-   ``case_update.matched`` (one per partition: the alerts of that shard are produced and
-   acknowledged) and ``alert.delivered`` (one per alert, after the ``.eml`` is written).
+   ``case_update.matched`` (one per partition: the alert batches of that shard are produced
+   and acknowledged) and ``alerts.delivered`` (one per alert batch, after its ``.eml`` files
+   are written and flushed and its delivery records acknowledged, with the count accepted).
    Reported: t0 → last ``case_update.matched`` (matching + producing every alert), t0 →
-   first and last ``alert.delivered``, and alerts per second end to end (M / (last
+   first and last ``alerts.delivered``, and alerts per second end to end (M / (last
    delivered − t0)). The ``.eml`` files are counted by polling the outbox too.
-5. Verified: the ``case_update.matched`` counts add up to M, M distinct alert ids were
-   delivered, and the outbox holds exactly M ``.eml`` files (re-counted after a grace period).
+5. Verified: the ``case_update.matched`` counts add up to M, the deliveries topic holds
+   exactly M ``accepted`` records with M distinct alert ids, and the outbox holds exactly M
+   ``.eml`` files (re-counted after a grace period).
 
 CPU seconds used by each worker and by the broker during step 4 come from
 ``/proc/<pid>/stat``. Every wait is bounded by ``--timeout``; the workers and the broker are
@@ -51,7 +53,8 @@ from typing import Any
 
 from mobilise.broker import EmbeddedBroker
 from mobilise.logs import configure_logging
-from schemas import CaseUpdate, Subscription
+from mobilise.snapshot import consumer, read_topic
+from schemas import CaseUpdate, DeliveryEvent, Subscription
 from streams.admin import create_topics, publish
 from streams.topics import TopicNames, topic_specs
 
@@ -83,7 +86,7 @@ class LogState:
     last_indexed: float = 0.0
     matched: dict[int, int] = field(default_factory=dict)
     matched_times: list[float] = field(default_factory=list)
-    delivered: set[str] = field(default_factory=set)
+    delivered: int = 0
     first_delivered: float = float("inf")
     last_delivered: float = 0.0
     dead_lettered: int = 0
@@ -132,13 +135,12 @@ class Worker:
         elif name == "case_update.matched":
             state.matched[line["partition"]] = line["matched"]
             state.matched_times.append(log_time(line))
-        elif name == "alert.delivered":
-            state.delivered.add(line["alert_id"])
+        elif name == "alerts.delivered":
+            state.delivered += line.get("accepted", 0)
+            state.dead_lettered += line.get("dead_lettered", 0)
             at = log_time(line)
             state.first_delivered = min(state.first_delivered, at)
             state.last_delivered = max(state.last_delivered, at)
-        elif name == "alert.dead_lettered":
-            state.dead_lettered += 1
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -262,8 +264,8 @@ class Result:
                 "t0 → last case_update.matched (match + produce alerts)",
                 f"{self.last_matched_s:.2f} s ({m / self.last_matched_s:,.0f} alerts/s)",
             ),
-            ("t0 → first alert.delivered", f"{self.first_delivered_s:.2f} s"),
-            ("t0 → last alert.delivered", f"{self.last_delivered_s:.2f} s"),
+            ("t0 → first alerts.delivered", f"{self.first_delivered_s:.2f} s"),
+            ("t0 → last alerts.delivered", f"{self.last_delivered_s:.2f} s"),
             ("**alerts/s end to end** (M / last delivered)", f"**{m / self.last_delivered_s:,.0f}**"),
             (
                 "delivery rate (first → last delivered)",
@@ -378,7 +380,7 @@ def run(args: argparse.Namespace, work: Path) -> Result:
             nonlocal eml_at
             if not eml_at and count_eml(outbox) >= args.matching:
                 eml_at = time.time()
-            delivered = sum(len(w.state.delivered) for w in workers)
+            delivered = sum(w.state.delivered for w in workers)
             dead = sum(w.state.dead_lettered for w in workers)
             if dead:
                 raise BenchError(f"{dead} alerts were dead-lettered")
@@ -394,12 +396,18 @@ def run(args: argparse.Namespace, work: Path) -> Result:
         time.sleep(2.0)  # grace: a duplicate delivery would show up as an extra file or line
         for w in workers:
             w.follow()
-        delivered = set().union(*(w.state.delivered for w in workers))
+        with consumer(bootstrap) as reader:
+            records = read_topic(reader, names.deliveries, timeout=300)
+        accepted = [
+            d.alert_id
+            for r in records
+            if (d := DeliveryEvent.model_validate_json(r.value or b"null")).outcome == "accepted"
+        ]
         files = count_eml(outbox)
-        if len(delivered) != args.matching or files != args.matching:
+        if len(accepted) != args.matching or len(set(accepted)) != args.matching or files != args.matching:
             raise BenchError(
-                f"{len(delivered):,} alert ids delivered and {files:,} .eml files, "
-                f"expected exactly {args.matching:,}"
+                f"{len(accepted):,} accepted delivery records ({len(set(accepted)):,} alert ids) and "
+                f"{files:,} .eml files, expected exactly {args.matching:,}"
             )
         return Result(
             workers=args.workers,

@@ -735,7 +735,7 @@ class EndToEnd:
                 "emails/s, first → last 202",
                 f"{m / max(1e-9, self.last_202_s - self.first_202_s):,.0f}",
             ),
-            ("t0 → last alert.delivered (recorded)", f"{self.last_delivered_s:.1f} s"),
+            ("t0 → last alerts.delivered (recorded)", f"{self.last_delivered_s:.1f} s"),
             ("API calls (statuses)", f"{calls:,} ({_statuses(self.fake['statuses'])})"),
             ("calls per 10,000 recipients (floor 10)", f"{calls * 10_000 / m:.1f}"),
             ("emails per call (mean)", f"{m / max(1, calls):,.0f}"),
@@ -856,8 +856,8 @@ def run_e2e(args: argparse.Namespace, work: Path) -> EndToEnd:
             stop_py_spy(spy)
             spy = None
         wait_until(
-            f"{args.matching:,} alert.delivered lines",
-            lambda: len(worker.state.delivered) >= args.matching,
+            f"{args.matching:,} alerts recorded in alerts.delivered lines",
+            lambda: worker.state.delivered >= args.matching,
             workers,
             deadline,
         )

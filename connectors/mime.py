@@ -17,6 +17,7 @@ from email.header import Header
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import format_datetime, formataddr, parseaddr
+from functools import lru_cache
 
 from schemas import Alert
 
@@ -37,15 +38,14 @@ def to_bytes(email: RenderedEmail, identity: EmailIdentity, *, date_source: Aler
         ValueError: an address has no ``@``.
 
     """
-    sender = parseaddr(identity.from_email)
-    sender_domain = sender[1].partition("@")[2] or "mobilise.local"
+    from_line, sender_domain = _sender(identity.from_email)
     if "@" not in email.to_email:
         raise ValueError(f"the recipient address of {email.alert_id} has no '@'")
     # "=_" cannot occur in quoted-printable text ("=" is always "=XX" there), so no body
     # line can be mistaken for the boundary.
     boundary = f"=_mobilise_{email.alert_id}"
     lines = [
-        f"From: {_address(*sender)}",
+        from_line,
         f"To: {_address(email.to_name or '', email.to_email)}",
         _header("Subject", email.subject),
         f"Date: {format_datetime(date_source.created_at.astimezone(UTC))}",
@@ -78,12 +78,22 @@ def to_message(email: RenderedEmail, identity: EmailIdentity, *, date_source: Al
     return message
 
 
+@lru_cache(maxsize=16)
+def _sender(from_email: str) -> tuple[str, str]:
+    # The same configured sender for every alert: parse and format it once.
+    sender = parseaddr(from_email)
+    return f"From: {_address(*sender)}", sender[1].partition("@")[2] or "mobilise.local"
+
+
 def _address(name: str, address: str) -> str:
     # A display name is one line; formataddr quotes it, or encodes it when not ASCII.
     return formataddr((" ".join(name.split()), address), charset="utf-8")
 
 
+@lru_cache(maxsize=1024)
 def _header(name: str, value: str) -> str:
+    # Cached: the subject is the same for everyone who gets an update in one language, and
+    # encoding a non-ASCII one (RFC 2047) costs more than the rest of the message.
     flat = " ".join(value.split())
     if not flat.isascii():
         return f"{name}: " + Header(flat, "utf-8", header_name=name).encode(linesep="\n")

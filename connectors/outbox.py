@@ -7,6 +7,7 @@ system by file drop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import threading
 from collections.abc import Sequence
@@ -48,6 +49,14 @@ class OutboxSink(Sink[OutboxConfig]):
         """Create the outbox directory."""
         self.config.outbox_dir.mkdir(parents=True, exist_ok=True)
         self._identity = self.config.identity()
+        self._anonymous = hasattr(os, "O_TMPFILE")
+        self._directory_fd: int | None = os.open(self.config.outbox_dir, os.O_RDONLY)
+
+    async def close(self) -> None:
+        """Release the directory handle."""
+        fd, self._directory_fd = self._directory_fd, None
+        if fd is not None:
+            os.close(fd)
 
     async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
         """Write the batch off the event loop (file I/O blocks)."""
@@ -64,28 +73,55 @@ class OutboxSink(Sink[OutboxConfig]):
         return outcomes
 
     def _write_one(self, alert: Alert) -> SinkOutcome:
-        final = self.config.outbox_dir / f"{alert.alert_id}.eml"
-        if final.exists():
-            return SinkOutcome(
-                alert_id=alert.alert_id, accepted=True, duplicate=True, provider_message_id=final.name
-            )
+        # No check for an existing file first: the delivery stage hands over only alerts it
+        # has not recorded, so a file already there is rare, and the link below finds it.
+        name = f"{alert.alert_id}.eml"
         try:
             message = to_bytes(render_alert(alert, self._identity), self._identity, date_source=alert)
         except (jinja2.TemplateError, ValueError) as exc:
             # The same alert will fail the same way every time: a permanent failure.
-            return SinkOutcome(alert_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
+            return SinkOutcome.model_construct(
+                alert_id=alert.alert_id, accepted=False, retryable=False, error=f"cannot render: {exc!r}"
+            )
         try:
-            duplicate = self._write(final, message)
+            duplicate = self._write(self.config.outbox_dir / name, message)
         except OSError as exc:
-            return SinkOutcome(
+            return SinkOutcome.model_construct(
                 alert_id=alert.alert_id, accepted=False, retryable=True, error=f"cannot write: {exc}"
             )
-        return SinkOutcome(
-            alert_id=alert.alert_id, accepted=True, duplicate=duplicate, provider_message_id=final.name
+        # One per alert, from known-good values: constructed without validating again.
+        return SinkOutcome.model_construct(
+            alert_id=alert.alert_id, accepted=True, duplicate=duplicate, provider_message_id=name
         )
 
     def _write(self, final: Path, message: bytes) -> bool:
-        """Write ``message`` under a temporary name and link it to ``final``; True if it existed."""
+        """Write ``message`` to a nameless file and link it in as ``final``; True if it existed."""
+        if self._anonymous:
+            try:
+                return self._write_anonymous(final, message)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.EXDEV):
+                    raise
+                self._anonymous = False  # this file system has no O_TMPFILE: named ones, then
+        return self._write_named(final, message)
+
+    def _write_anonymous(self, final: Path, message: bytes) -> bool:
+        # O_TMPFILE: the file has no name until it is complete, so a crash leaves nothing
+        # behind, and linking it in fails if the name exists (one writer wins).
+        fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, message)
+            try:
+                # src_dir_fd makes Python call linkat(…, AT_SYMLINK_FOLLOW), which links the
+                # open file itself rather than the /proc symlink to it.
+                os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=self._directory_fd)
+            except FileExistsError:
+                return True
+            return False
+        finally:
+            os.close(fd)
+
+    def _write_named(self, final: Path, message: bytes) -> bool:
         # One writer per alert id at a time within a process; the pid keeps workers apart.
         temporary = final.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{final.name}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

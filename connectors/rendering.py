@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parseaddr
 from functools import cache, lru_cache
@@ -37,6 +38,7 @@ __all__ = [
     "RenderedEmail",
     "SharedEmail",
     "fill",
+    "personal_substitutions",
     "render_alert",
     "render_personal",
     "render_shared",
@@ -69,10 +71,13 @@ class EmailIdentity(BaseModel):
     from :meth:`connectors.email_config.EmailSinkConfig.identity`."""
 
 
-class RenderedEmail(BaseModel):
-    """An alert rendered for one person, before it is put into a transport's format."""
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """An alert rendered for one person, before it is put into a transport's format.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    A plain dataclass, not a model: one is made per recipient from values already
+    validated, and handed straight to a transport in the same process.
+    """
 
     alert_id: str
     to_email: str
@@ -265,6 +270,32 @@ def _why(language: str, reason: MatchReason) -> tuple[str, str]:
     return str(text), str(html)
 
 
+@lru_cache(maxsize=65536)
+def _greeting(language: str, name: str | None) -> tuple[str, str]:
+    # Names repeat (and None is everyone without one): two macro calls saved per person.
+    env = _environment()
+    text = env.get_template(f"alert.{language}.personal.txt.j2").module.greeting(name)  # type: ignore[attr-defined]  # a template macro
+    html = env.get_template(f"alert.{language}.personal.html.j2").module.greeting(name)  # type: ignore[attr-defined]  # a template macro
+    return str(text), str(html)
+
+
+def _personal_fields(alert: Alert, identity: EmailIdentity) -> dict[str, str | None]:
+    language = template_language(alert.language)
+    greeting_text, greeting_html = _greeting(language, alert.name)
+    why_text, why_html = _why(language, alert.reason)
+    url = identity.links.unsubscribe_url(alert.subscriber_id) if identity.links is not None else None
+    return {
+        "greeting_text": greeting_text,
+        "greeting_html": greeting_html,
+        "why_text": why_text,
+        "why_html": why_html,
+        "subscriber_text": alert.subscriber_id,
+        "subscriber_html": str(escape(alert.subscriber_id)),
+        "unsubscribe_url_text": url,
+        "unsubscribe_url_html": str(escape(url)) if url is not None else None,
+    }
+
+
 def render_personal(alert: Alert, identity: EmailIdentity) -> PersonalParts:
     """Render the per-person slot values of ``alert``.
 
@@ -272,22 +303,19 @@ def render_personal(alert: Alert, identity: EmailIdentity) -> PersonalParts:
     person's signed unsubscribe URL. Pass the identity the shared body was rendered with:
     it decides whether the body has the unsubscribe URL slot.
     """
-    language = template_language(alert.language)
-    env = _environment()
-    greeting_text = env.get_template(f"alert.{language}.personal.txt.j2").module.greeting(alert.name)  # type: ignore[attr-defined]  # a template macro
-    greeting_html = env.get_template(f"alert.{language}.personal.html.j2").module.greeting(alert.name)  # type: ignore[attr-defined]  # a template macro
-    why_text, why_html = _why(language, alert.reason)
-    url = identity.links.unsubscribe_url(alert.subscriber_id) if identity.links is not None else None
-    return PersonalParts(
-        greeting_text=str(greeting_text),
-        greeting_html=str(greeting_html),
-        why_text=why_text,
-        why_html=why_html,
-        subscriber_text=alert.subscriber_id,
-        subscriber_html=str(escape(alert.subscriber_id)),
-        unsubscribe_url_text=url,
-        unsubscribe_url_html=str(escape(url)) if url is not None else None,
-    )
+    return PersonalParts.model_validate(_personal_fields(alert, identity))
+
+
+def personal_substitutions(alert: Alert, identity: EmailIdentity) -> dict[str, str]:
+    """``render_personal(alert, identity).substitutions()``, without building the model.
+
+    This runs once per recipient in every email sink.
+    """
+    return {
+        _TOKENS[field]: value
+        for field, value in _personal_fields(alert, identity).items()
+        if value is not None
+    }
 
 
 def fill(body: str, substitutions: Mapping[str, str]) -> str:
@@ -333,7 +361,7 @@ def _shared_of(alert: Alert, identity: EmailIdentity) -> SharedEmail:
 def render_alert(alert: Alert, identity: EmailIdentity) -> RenderedEmail:
     """Render ``alert`` in the subscriber's language (English when there is no template)."""
     shared = _shared_of(alert, identity)
-    values = render_personal(alert, identity).substitutions()
+    values = personal_substitutions(alert, identity)
     return RenderedEmail(
         alert_id=alert.alert_id,
         to_email=str(alert.email),

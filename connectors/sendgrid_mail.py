@@ -37,7 +37,7 @@ from .rendering import (
     EmailIdentity,
     SharedEmail,
     fill,
-    render_personal,
+    personal_substitutions,
     render_shared,
     unsubscribe_headers,
 )
@@ -303,7 +303,7 @@ def plan_requests(
         people: list[tuple[Alert, dict[str, str]]] = []
         for alert in group:
             try:
-                values = render_personal(alert, identity).substitutions()
+                values = personal_substitutions(alert, identity)
             except (jinja2.TemplateError, ValueError) as exc:
                 failed.append(_cannot_render(alert, exc))
                 continue

@@ -1,6 +1,6 @@
 """The event models: the only contract between the parts of mobilise and its integrators."""
 
-from .alert import Alert, MatchReason, alert_id_for
+from .alert import Alert, AlertBatch, MatchReason, Recipient, alert_id_for, batch_id_for
 from .case_update import ActionCall, ActionTarget, CaseUpdate, Factory, PublicCase
 from .dead_letter import DeadLetter, FieldError
 from .delivery import DeliveryEvent, DeliveryOutcome
@@ -28,6 +28,7 @@ __all__ = [
     "ActionKind",
     "ActionTarget",
     "Alert",
+    "AlertBatch",
     "CaseStatus",
     "CaseUpdate",
     "Country",
@@ -40,12 +41,14 @@ __all__ = [
     "Language",
     "MatchReason",
     "PublicCase",
+    "Recipient",
     "Region",
     "Subscription",
     "SubscriptionsRecord",
     "Suppression",
     "SuppressionReason",
     "alert_id_for",
+    "batch_id_for",
     "brand_key",
     "country_name",
     "known_countries",

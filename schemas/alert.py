@@ -1,4 +1,9 @@
-"""Alert: one case update for one subscriber (topic ``alerts``, key subscriber_id)."""
+"""Alert: one case update for one subscriber; AlertBatch: many of them, as the topic carries them.
+
+The ``alerts`` topic carries :class:`AlertBatch` records: one case update for up to a
+sink batch of subscribers of one partition and one language, the case written once. An
+:class:`Alert` is what a sink is handed, one per person, expanded from a batch.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,24 @@ from .case_update import PublicCase
 from .geography import Region
 from .vocabulary import Language
 
-__all__ = ["Alert", "MatchReason", "alert_id_for"]
+__all__ = ["Alert", "AlertBatch", "MatchReason", "Recipient", "alert_id_for", "batch_id_for"]
 
 
 def alert_id_for(event_id: str, subscriber_id: str) -> str:
     """The alert id of (event, subscriber): the same on every replay, on every worker."""
     return "alr-" + stable_id(event_id, subscriber_id, length=32)
+
+
+def batch_id_for(event_id: str, partition: int, language: str, index: int) -> str:
+    """The id of the ``index``-th alert batch of an update for one partition and language."""
+    return "alb-" + stable_id(event_id, partition, language, index, length=32)
+
+
+_EmailShape = Annotated[
+    str,
+    StringConstraints(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320),
+    Field(json_schema_extra={"format": "email"}),
+]
 
 
 class MatchReason(Event):
@@ -45,11 +62,7 @@ class Alert(Event):
     """The case update's idempotency key."""
     subscriber_id: str
     """Who it is for."""
-    email: Annotated[
-        str,
-        StringConstraints(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320),
-        Field(json_schema_extra={"format": "email"}),
-    ]
+    email: _EmailShape
     """Where it goes: the subscription's address, fully checked when the subscription was
     read; here only its shape is checked, as this runs once per alert at every stage."""
     name: str | None = None
@@ -62,3 +75,69 @@ class Alert(Event):
     """Why it matched."""
     created_at: AwareDatetime
     """When the match was made."""
+
+
+class Recipient(Event):
+    """One person of an :class:`AlertBatch`: what their alert has that the others' do not."""
+
+    alert_id: str
+    """Deterministic: ``alert_id_for(event_id, subscriber_id)``; sinks deduplicate on it."""
+    subscriber_id: str
+    """Who it is for."""
+    email: _EmailShape
+    """Where it goes (shape only; fully checked when the subscription was read)."""
+    name: str | None = None
+    """How to greet them."""
+    reason: MatchReason
+    """Why it matched."""
+
+
+class AlertBatch(Event):
+    """One case update for several subscribers of one partition who speak one language.
+
+    Topic ``alerts``: key ``batch_id``, on the partition of the subscribers (the same
+    partition as their subscriptions). A case update reaching many people is carried in a
+    few of these instead of one record per person, so the per-record cost of Kafka and of
+    the stream processor is paid per batch; every person still has their own alert id,
+    delivery record and never-twice guarantee.
+    """
+
+    schema_version: Literal[1] = 1
+    """Version of this schema; a reader rejects versions it does not know."""
+    batch_id: str
+    """Deterministic: ``batch_id_for(event_id, partition, language, index)``."""
+    event_id: str
+    """The case update's idempotency key."""
+    language: Language
+    """The recipients' language."""
+    case: PublicCase
+    """What changed (the public projection: internal fields are not here)."""
+    created_at: AwareDatetime
+    """When the match was made."""
+    recipients: tuple[Recipient, ...] = Field(min_length=1)
+    """Who gets it, each with their own alert id and reason."""
+
+    def alerts(self) -> list[Alert]:
+        """One :class:`Alert` per recipient, sharing this batch's case.
+
+        Built without validating again: every value was validated as part of this batch.
+        """
+        return [
+            Alert.model_construct(
+                alert_id=r.alert_id,
+                event_id=self.event_id,
+                subscriber_id=r.subscriber_id,
+                email=r.email,
+                name=r.name,
+                language=self.language,
+                case=self.case,
+                reason=r.reason,
+                created_at=self.created_at,
+            )
+            for r in self.recipients
+        ]
+
+    def only(self, alert_ids: frozenset[str]) -> AlertBatch:
+        """This batch narrowed to the recipients in ``alert_ids`` (for a dead letter)."""
+        kept = tuple(r for r in self.recipients if r.alert_id in alert_ids)
+        return self.model_copy(update={"recipients": kept})

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ._base import Event
-from .alert import Alert
+from .alert import Alert, AlertBatch
 from .case_update import CaseUpdate
 from .dead_letter import DeadLetter
 from .delivery import DeliveryEvent
@@ -20,6 +20,7 @@ EXPORTED: dict[str, type[Event]] = {
     "subscription": Subscription,
     "suppression": Suppression,
     "alert": Alert,
+    "alert-batch": AlertBatch,
     "delivery-event": DeliveryEvent,
     "dead-letter": DeadLetter,
 }

@@ -1,4 +1,4 @@
-"""case-fanout × subscriber shard → alerts: one alert per matching subscriber."""
+"""case-fanout × subscriber shard → alerts: every matching subscriber, in batches per language."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import faust
 import structlog
 from pydantic import ValidationError
 
-from schemas import Alert, CaseUpdate, alert_id_for
+from schemas import AlertBatch, CaseUpdate, Recipient, alert_id_for, batch_id_for
 
 from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
@@ -25,8 +25,11 @@ class Matcher:
     """Matches each fanned-out update against the shard of its partition.
 
     Alerts go to the same partition number on the alerts topic, so the subscriber's
-    alerts stay with the worker that owns the subscriber. Every alert is acknowledged by
-    the broker before the update's offset can be committed.
+    alerts stay with the worker that owns the subscriber. They travel as
+    :class:`AlertBatch` records of one language and at most ``batch_size`` people (the
+    sink's batch), so a sink gets batches it can send whole (SendGrid: one request per
+    batch). Every batch is acknowledged by the broker before the update's offset can be
+    committed.
     """
 
     stage = "match"
@@ -38,8 +41,10 @@ class Matcher:
         alerts_topic: faust.TopicT,
         dead_letters: DeadLetters,
         metrics: PipelineMetrics,
+        batch_size: int,
     ) -> None:
         self._metrics = metrics
+        self._batch_size = batch_size
         self._shards = shards
         self._alerts = alerts_topic
         self._dead_letters = dead_letters
@@ -64,27 +69,41 @@ class Matcher:
         started = time.perf_counter()
         public = update.public()
         now = datetime.now(UTC)
-        pending = []
+        by_language: dict[str, list[Recipient]] = {}
         for subscription, reason in shard.match(public):
-            alert = Alert(
-                alert_id=alert_id_for(update.event_id, subscription.subscriber_id),
-                event_id=update.event_id,
-                subscriber_id=subscription.subscriber_id,
-                email=subscription.email,
-                name=subscription.name,
-                language=subscription.language,
-                case=public,
-                reason=reason,
-                created_at=now,
-            )
-            pending.append(
-                await self._alerts.send(
-                    key=subscription.subscriber_id.encode("utf-8"),
-                    value=alert.model_dump_json().encode("utf-8"),
-                    partition=partition,
+            # Values come from a validated subscription and the validated case.
+            by_language.setdefault(subscription.language, []).append(
+                Recipient.model_construct(
+                    alert_id=alert_id_for(update.event_id, subscription.subscriber_id),
+                    subscriber_id=subscription.subscriber_id,
+                    email=subscription.email,
+                    name=subscription.name,
+                    reason=reason,
                 )
             )
+        pending = []
+        matched = 0
+        size = self._batch_size
+        for language, people in sorted(by_language.items()):
+            matched += len(people)
+            for index, start in enumerate(range(0, len(people), size)):
+                batch = AlertBatch.model_construct(
+                    schema_version=1,
+                    batch_id=batch_id_for(update.event_id, partition, language, index),
+                    event_id=update.event_id,
+                    language=language,
+                    case=public,
+                    created_at=now,
+                    recipients=tuple(people[start : start + size]),
+                )
+                pending.append(
+                    await self._alerts.send(
+                        key=batch.batch_id.encode("utf-8"),
+                        value=batch.model_dump_json().encode("utf-8"),
+                        partition=partition,
+                    )
+                )
         await asyncio.gather(*pending)
         self._metrics.match_seconds.observe(time.perf_counter() - started)
-        self._metrics.alerts.inc(len(pending))
-        bound.info("case_update.matched", matched=len(pending), shard_size=len(shard))
+        self._metrics.alerts.inc(matched)
+        bound.info("case_update.matched", matched=matched, batches=len(pending), shard_size=len(shard))

@@ -14,12 +14,14 @@ from mobilise.kafka_security import kafka_security
 from mobilise.settings import Settings
 
 from .alerting import Matcher
+from .bulk import BulkProducer
 from .consumer import RewindingConsumer
 from .delivery import Delivery
 from .fanout import FanOut
 from .health import Readiness, health_app
 from .metrics import PipelineMetrics
 from .records import DeadLetters
+from .sent import SentAlerts
 from .shards import SubscriberShards, SubscriptionIntake
 from .tables import PartitionedTable, declare_table
 from .topics import TopicNames
@@ -53,6 +55,7 @@ class Pipeline:
     subscribers: PartitionedTable
     seen: PartitionedTable
     sent: PartitionedTable
+    sent_alerts: SentAlerts
     metrics: PipelineMetrics
     readiness: Readiness
 
@@ -88,13 +91,14 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     subscriptions = _raw_topic(app, names.subscriptions, partitions)
     case_fanout = _raw_topic(app, names.case_fanout, partitions)
     alerts = _raw_topic(app, names.alerts, partitions)
-    deliveries = _raw_topic(app, names.deliveries, partitions)
+    _raw_topic(app, names.deliveries, partitions)  # declared, written through the bulk producer
     metrics = PipelineMetrics()
     dead_letters = DeadLetters(_raw_topic(app, names.dead_letters, partitions), metrics=metrics)
 
     subscribers = declare_table(app, "subscribers", partitions, "Subscriptions by subscriber_id, per shard")
     seen = declare_table(app, "seen-events", partitions, "First position of each case update event_id")
-    sent = declare_table(app, "sent-alerts", partitions, "Alert ids the sink accepted")
+    sent = declare_table(app, "sent-alerts", partitions, "Alert ids the sink accepted, per alert batch")
+    sent_alerts = SentAlerts(sent)
     shards = SubscriberShards()
     metrics.subscribers.set_function(lambda: sum(len(s) for p in shards.partitions if (s := shards.shard(p))))
     readiness = Readiness()
@@ -103,13 +107,21 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         fanout_topic=case_fanout, partitions=partitions, seen=seen, dead_letters=dead_letters, metrics=metrics
     )
     intake = SubscriptionIntake(shards=shards, table=subscribers, dead_letters=dead_letters)
-    matcher = Matcher(shards=shards, alerts_topic=alerts, dead_letters=dead_letters, metrics=metrics)
+    matcher = Matcher(
+        shards=shards,
+        alerts_topic=alerts,
+        dead_letters=dead_letters,
+        metrics=metrics,
+        batch_size=settings.delivery_batch_size,
+    )
     delivery = Delivery(
         sink=sink,
-        sent=sent,
-        deliveries_topic=deliveries,
+        sent=sent_alerts,
+        deliveries_topic=names.deliveries,
+        bulk=BulkProducer(app),
         dead_letters=dead_letters,
         max_attempts=settings.delivery_max_attempts,
+        batch_size=settings.delivery_batch_size,
         metrics=metrics,
     )
     inputs = names_read
@@ -171,6 +183,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     async def _load_shards(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.subscriptions}
         built = shards.assign(owned, subscribers.items())
+        sent_known = sent_alerts.load(sent.items())
         readiness.partitions = frozenset(owned)
         readiness.shards_loaded = True
         log.info(
@@ -178,6 +191,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
             app_id=settings.app_id,
             partitions=sorted(owned),
             built=built,
+            sent_known=sent_known,
             subscribers=sum(len(s) for p in owned if (s := shards.shard(p)) is not None),
         )
 
@@ -199,6 +213,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         subscribers=subscribers,
         seen=seen,
         sent=sent,
+        sent_alerts=sent_alerts,
         metrics=metrics,
         readiness=readiness,
     )

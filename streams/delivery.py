@@ -1,23 +1,24 @@
-"""alerts → sink → deliveries: hand alerts to the sink in batches, never twice."""
+"""alerts → sink → deliveries: hand alert batches to the sink, never an alert twice."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import faust
 import structlog
 from pydantic import ValidationError
 
 from connectors.base import Sink, SinkOutcome
 from mobilise.errors import RetryableError
-from schemas import Alert, DeliveryEvent, DeliveryOutcome
+from schemas import Alert, AlertBatch, DeliveryEvent, DeliveryOutcome
 
+from .bulk import BulkProducer
 from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
 from .retry import backoff_delay
-from .tables import PartitionedTable, on_partition
+from .sent import SentAlerts
 
 __all__ = ["Delivery"]
 
@@ -26,25 +27,44 @@ log = structlog.get_logger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class Delivery:
-    """Delivers batches of alerts through one sink.
+@dataclass
+class _Part:
+    """One alert batch record of a sink batch, and what became of its alerts."""
 
-    Guarantee: an alert id recorded in the ``sent`` table (changelog-backed, partitioned
-    like the alerts) is never handed to the sink again, whatever is replayed. An alert is
-    recorded only after the sink accepted it, so the one window for a duplicate is a
-    worker dying between the sink's acceptance and the record: at most one batch.
-    Retryable failures are retried with backoff up to ``max_attempts``; permanent ones,
-    and those that ran out of attempts, go to dead-letters. Nothing is dropped.
+    event: RawEvent
+    batch: AlertBatch
+    alerts: list[Alert]
+    outcomes: list[tuple[Alert, DeliveryOutcome, int, str | None, str | None]] = field(default_factory=list)
+    """(alert, outcome, attempts, provider message id, detail)."""
+
+    @property
+    def partition(self) -> int:
+        return self.event.message.partition
+
+
+class Delivery:
+    """Delivers alert batches through one sink.
+
+    Guarantee: an alert id recorded in ``sent`` (changelog-backed, partitioned like the
+    alerts) is never handed to the sink again, whatever is replayed. An alert is recorded
+    only after the sink accepted it, and the record is written after each sink batch,
+    before the next one is handed over; so the one window for a duplicate is a worker
+    dying between the sink's acceptance and that record: at most one sink batch
+    (``batch_size`` alerts). Retryable failures are retried with backoff up to
+    ``max_attempts``; permanent ones, and those that ran out of attempts, go to
+    dead-letters, one per alert. Nothing is dropped.
     """
 
     def __init__(
         self,
         *,
         sink: Sink,  # type: ignore[type-arg]  # any sink's config
-        sent: PartitionedTable,
-        deliveries_topic: faust.TopicT,
+        sent: SentAlerts,
+        deliveries_topic: str,
+        bulk: BulkProducer,
         dead_letters: DeadLetters,
         max_attempts: int,
+        batch_size: int,
         metrics: PipelineMetrics,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -52,8 +72,10 @@ class Delivery:
         self._sink = sink
         self._sent = sent
         self._deliveries = deliveries_topic
+        self._bulk = bulk
         self._dead_letters = dead_letters
         self._max_attempts = max_attempts
+        self._batch_size = batch_size
         self._sleep = sleep
         self.stage = f"delivery:{sink.name}"
         self._ready = False
@@ -73,52 +95,74 @@ class Delivery:
             log.info("sink.closed", sink=self._sink.name)
 
     async def process(self, events: Sequence[RawEvent]) -> None:
-        """Deliver one batch of alert records."""
+        """Deliver the alert batches of ``events``, in sink batches of at most ``batch_size``."""
         await self._setup_once()
-        batch: dict[str, tuple[Alert, RawEvent]] = {}
+        parts: list[_Part] = []
+        size = 0
         for event in events:
-            try:
-                alert = read_model(Alert, event.message.value)
-            except ValidationError as exc:
-                await self._dead_letters.invalid(event, stage=self.stage, exc=exc)
+            part = await self._read(event)
+            if part is None:
                 continue
-            if self._sent.get(alert.alert_id) is not None or alert.alert_id in batch:
-                await self._record(alert, event, DeliveryOutcome.DUPLICATE, attempts=0)
-                continue
-            batch[alert.alert_id] = (alert, event)
+            if parts and size + len(part.alerts) > self._batch_size:
+                await self._deliver(parts)
+                parts, size = [], 0
+            parts.append(part)
+            size += len(part.alerts)
+        if parts:
+            await self._deliver(parts)
+
+    async def _read(self, event: RawEvent) -> _Part | None:
+        try:
+            batch = read_model(AlertBatch, event.message.value)
+        except ValidationError as exc:
+            await self._dead_letters.invalid(event, stage=self.stage, exc=exc)
+            return None
+        part = _Part(event=event, batch=batch, alerts=[])
+        seen: set[str] = set()
+        for alert in batch.alerts():
+            if alert.alert_id in self._sent or alert.alert_id in seen:
+                part.outcomes.append((alert, DeliveryOutcome.DUPLICATE, 0, None, None))
+            else:
+                seen.add(alert.alert_id)
+                part.alerts.append(alert)
+        return part
+
+    async def _deliver(self, parts: list[_Part]) -> None:
+        pending = {alert.alert_id: (alert, part) for part in parts for alert in part.alerts}
         attempt = 0
-        while batch:
+        while pending:
             attempt += 1
-            outcomes, retry_after = await self._attempt([a for a, _ in batch.values()])
-            retry: dict[str, tuple[Alert, RawEvent]] = {}
-            for alert_id, (alert, event) in batch.items():
+            outcomes, retry_after = await self._attempt([a for a, _ in pending.values()])
+            retry: dict[str, tuple[Alert, _Part]] = {}
+            for alert_id, (alert, part) in pending.items():
                 outcome = outcomes.get(alert_id)
                 if outcome is not None and outcome.accepted:
-                    with on_partition(event.message.partition):
-                        self._sent[alert_id] = {"at": datetime.now(UTC).isoformat(), "sink": self._sink.name}
                     kind = DeliveryOutcome.DUPLICATE if outcome.duplicate else DeliveryOutcome.ACCEPTED
-                    await self._record(alert, event, kind, attempt, outcome.provider_message_id)
+                    part.outcomes.append((alert, kind, attempt, outcome.provider_message_id, None))
                 elif outcome is not None and not outcome.retryable:
-                    await self._give_up(alert, event, attempt, outcome.error or "rejected by the sink")
+                    error = outcome.error or "rejected by the sink"
+                    part.outcomes.append((alert, DeliveryOutcome.DEAD_LETTERED, attempt, None, error))
                 elif attempt >= self._max_attempts:
-                    error = outcome.error if outcome else "no outcome from the sink"
-                    await self._give_up(alert, event, attempt, f"gave up after {attempt} attempts: {error}")
+                    error = f"gave up after {attempt} attempts: {outcome.error if outcome else 'no outcome'}"
+                    part.outcomes.append((alert, DeliveryOutcome.DEAD_LETTERED, attempt, None, error))
                 else:
-                    retry[alert_id] = (alert, event)
-                    self._metrics.deliveries.labels(self._sink.name, "failed").inc()
+                    retry[alert_id] = (alert, part)
                     if outcome is not None and outcome.retry_after is not None:
                         retry_after = max(retry_after or 0.0, outcome.retry_after)
-            batch = retry
-            if batch:
+            pending = retry
+            if pending:
+                self._metrics.deliveries.labels(self._sink.name, "failed").inc(len(pending))
                 delay = backoff_delay(attempt, retry_after=retry_after)
                 log.warning(
                     "delivery.retrying",
                     sink=self._sink.name,
-                    alerts=len(batch),
+                    alerts=len(pending),
                     attempt=attempt,
                     delay=round(delay, 3),
                 )
                 await self._sleep(delay)
+        for part in parts:
+            await self._record(part)
 
     async def _attempt(self, alerts: list[Alert]) -> tuple[dict[str, SinkOutcome], float | None]:
         try:
@@ -128,47 +172,64 @@ class Delivery:
             return {}, exc.retry_after
         return {o.alert_id: o for o in outcomes}, None
 
-    async def _give_up(self, alert: Alert, event: RawEvent, attempts: int, error: str) -> None:
-        await self._dead_letters.send(event, stage=self.stage, reason=error)
-        await self._record(alert, event, DeliveryOutcome.DEAD_LETTERED, attempts, detail=error)
-
-    async def _record(
-        self,
-        alert: Alert,
-        event: RawEvent,
-        outcome: DeliveryOutcome,
-        attempts: int,
-        provider_message_id: str | None = None,
-        detail: str | None = None,
-    ) -> None:
-        delivery = DeliveryEvent(
-            alert_id=alert.alert_id,
-            event_id=alert.event_id,
-            case_id=alert.case.case_id,
-            subscriber_id=alert.subscriber_id,
-            sink=self._sink.name,
-            outcome=outcome,
-            provider_message_id=provider_message_id,
-            attempts=attempts,
-            detail=detail,
-            at=datetime.now(UTC),
-        )
-        self._metrics.deliveries.labels(self._sink.name, outcome.value).inc()
-        if outcome is DeliveryOutcome.ACCEPTED:
-            latency = (delivery.at - alert.created_at).total_seconds()
-            self._metrics.delivery_seconds.labels(self._sink.name).observe(max(0.0, latency))
-        await self._deliveries.send(
-            key=alert.subscriber_id.encode("utf-8"),
-            value=delivery.model_dump_json().encode("utf-8"),
-            partition=event.message.partition,
-        )
+    async def _record(self, part: _Part) -> None:
+        """Record what became of ``part``'s alerts: sent ids, dead letters, delivery events."""
+        accepted = [a.alert_id for a, kind, *_ in part.outcomes if kind is not DeliveryOutcome.DEAD_LETTERED]
+        self._sent.record(part.batch.batch_id, part.partition, accepted, self._sink.name)
+        for alert, kind, _, _, detail in part.outcomes:
+            if kind is DeliveryOutcome.DEAD_LETTERED:
+                # One dead letter per person, keyed by the subscriber and holding a batch of
+                # just them, so that a replay reaches that person only, on their partition.
+                await self._dead_letters.send(
+                    part.event,
+                    stage=self.stage,
+                    reason=detail or "rejected by the sink",
+                    key=alert.subscriber_id.encode("utf-8"),
+                    value=part.batch.only(frozenset({alert.alert_id})).model_dump_json().encode("utf-8"),
+                )
+        now = datetime.now(UTC)
+        sink = self._sink.name
+        counts: dict[str, int] = {}
+        records = []
+        for alert, kind, attempts, message_id, detail in part.outcomes:
+            counts[kind.value] = counts.get(kind.value, 0) + 1
+            delivery = DeliveryEvent.model_construct(
+                schema_version=2,
+                alert_id=alert.alert_id,
+                event_id=alert.event_id,
+                case_id=alert.case.case_id,
+                subscriber_id=alert.subscriber_id,
+                sink=sink,
+                outcome=kind,
+                provider_message_id=message_id,
+                attempts=attempts,
+                detail=detail,
+                provider_event_id=None,
+                at=now,
+            )
+            records.append((alert.subscriber_id.encode("utf-8"), delivery.model_dump_json().encode("utf-8")))
+            log.debug(
+                "alert.delivered" if kind is not DeliveryOutcome.DEAD_LETTERED else "alert.dead_lettered",
+                alert_id=alert.alert_id,
+                subscriber_id=alert.subscriber_id,
+                outcome=kind.value,
+                attempts=attempts,
+            )
+        await self._bulk.send(self._deliveries, part.partition, records)
+        for outcome, count in counts.items():
+            self._metrics.deliveries.labels(sink, outcome).inc(count)
+        latency = max(0.0, (now - part.batch.created_at).total_seconds())
+        histogram = self._metrics.delivery_seconds.labels(sink)
+        for _ in range(counts.get(DeliveryOutcome.ACCEPTED.value, 0)):
+            histogram.observe(latency)
         log.info(
-            "alert.delivered" if outcome is not DeliveryOutcome.DEAD_LETTERED else "alert.dead_lettered",
-            alert_id=alert.alert_id,
-            event_id=alert.event_id,
-            case_id=alert.case.case_id,
-            subscriber_id=alert.subscriber_id,
-            sink=self._sink.name,
-            outcome=outcome.value,
-            attempts=attempts,
+            "alerts.delivered",
+            batch_id=part.batch.batch_id,
+            event_id=part.batch.event_id,
+            case_id=part.batch.case.case_id,
+            partition=part.partition,
+            sink=sink,
+            alerts=len(part.outcomes),
+            attempts=max((o[2] for o in part.outcomes), default=0),
+            **counts,
         )

@@ -66,15 +66,16 @@ class DeadLetters:
         stage: str,
         reason: str,
         errors: tuple[FieldError, ...] = (),
+        key: bytes | None = None,
         value: bytes | None = None,
     ) -> None:
-        """Dead-letter ``event`` (or ``value`` in its place) and wait for the broker's ack.
+        """Dead-letter ``event`` (or ``key`` and ``value`` in its place) and wait for the broker's ack.
 
         The original key and value travel byte for byte, with the topic, partition and
         offset, so the record can be found, fixed and replayed.
         """
         message = event.message
-        raw_key = message.key if isinstance(message.key, bytes) else None
+        raw_key = key if key is not None else message.key if isinstance(message.key, bytes) else None
         raw_value = value if value is not None else message.value
         letter = DeadLetter(
             stage=stage,

@@ -20,7 +20,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from mobilise.broker import EmbeddedBroker
-from schemas import CaseUpdate, Subscription
+from schemas import CaseUpdate, DeliveryEvent, Subscription
 from streams.admin import create_topics, publish
 from streams.topics import TopicNames, topic_specs
 
@@ -187,19 +187,10 @@ class PipelineHarness:
             if e["event_id"] == event_id
         }
         expected = sum(alerts.values())
+        settled = {"accepted", "duplicate", "dead_lettered"}
         self.wait_until(
             f"{expected} alerts of {event_id} to be delivered",
-            lambda: (
-                len(
-                    {
-                        e["alert_id"]
-                        for e in self.events()
-                        if e.get("event") in ("alert.delivered", "alert.dead_lettered")
-                        and e["event_id"] == event_id
-                    }
-                )
-                >= expected
-            ),
+            lambda: len(self._settled(event_id, settled)) >= expected,
         )
         return expected
 
@@ -213,6 +204,13 @@ class PipelineHarness:
 
     def emails_for(self, event_id: str) -> list[EmailMessage]:
         return [m for m in self.emails() if m["X-Mobilise-Event-Id"] == event_id]
+
+    def _settled(self, event_id: str, outcomes: set[str]) -> set[str]:
+        return {d.alert_id for d in self.deliveries() if d.event_id == event_id and d.outcome in outcomes}
+
+    def deliveries(self) -> list[DeliveryEvent]:
+        """Every delivery event the workers recorded so far."""
+        return [DeliveryEvent.model_validate_json(r.value) for r in self.read_topic(self.names.deliveries)]
 
     def read_topic(self, topic: str) -> list[Any]:
         """Every record on ``topic`` (manual assignment: no group, nothing committed)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from mobilise.broker import EmbeddedBroker
 from mobilise.settings import load_settings
 from mobilise.status import collect_status
-from schemas import DeadLetter, DeliveryEvent
+from schemas import DeadLetter
 from tests.unit.test_smtp_sink import SmtpServer
 
 from .harness import PipelineHarness, Worker
@@ -42,9 +42,6 @@ class SmtpPipeline(PipelineHarness):
 
     def dead_letters(self) -> list[DeadLetter]:
         return [DeadLetter.model_validate_json(r.value) for r in self.read_topic(self.names.dead_letters)]
-
-    def deliveries(self) -> list[DeliveryEvent]:
-        return [DeliveryEvent.model_validate_json(r.value) for r in self.read_topic(self.names.deliveries)]
 
     def lag(self) -> int | None:
         """The group's total lag on the input topics, as `mobilise status` computes it."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mobilise.broker import EmbeddedBroker
-from schemas import DeadLetter, DeliveryEvent
+from schemas import AlertBatch, DeadLetter
 
 from .harness import PipelineHarness, case_update, recipients, subscription
 
@@ -77,7 +77,7 @@ def test_a_case_update_reaches_exactly_the_matching_subscribers(pipeline: Pipeli
         raw = message.as_string()
         assert "Secret Worker Name" not in raw and "do-not-render-this" not in raw
 
-    accepted = [d for d in _deliveries(pipeline) if d.outcome == "accepted"]
+    accepted = [d for d in pipeline.deliveries() if d.outcome == "accepted"]
     assert Counter(d.alert_id for d in accepted) == Counter({m["X-Mobilise-Alert-Id"]: 1 for m in emails})
 
 
@@ -121,7 +121,7 @@ def test_a_replayed_case_update_sends_nothing_twice(pipeline: PipelineHarness) -
     assert len(skipped) == 1
     assert len(pipeline.emails_for(update.event_id)) == 1
     assert len(pipeline.emails_for(later.event_id)) == 1
-    accepted = Counter(d.event_id for d in _deliveries(pipeline) if d.outcome == "accepted")
+    accepted = Counter(d.event_id for d in pipeline.deliveries() if d.outcome == "accepted")
     assert accepted == {update.event_id: 1, later.event_id: 1}
 
 
@@ -181,19 +181,13 @@ def test_two_workers_share_the_partitions_and_alert_each_person_once(pipeline: P
     assert pipeline.wait_processed(update.event_id) >= len(matching)
 
     assert recipients(pipeline.emails_for(update.event_id)) == sorted(s.email for s in matching)
-    accepted = Counter(d.subscriber_id for d in _deliveries(pipeline) if d.outcome == "accepted")
+    accepted = Counter(d.subscriber_id for d in pipeline.deliveries() if d.outcome == "accepted")
     assert accepted == Counter({s.subscriber_id: 1 for s in matching})
     matched_by = [
         {e["partition"] for e in w.events() if e.get("event") == "case_update.matched"}
         for w in (first, second)
     ]
     assert matched_by[0] and matched_by[1], "both workers should have matched their own partitions"
-
-
-def _deliveries(pipeline: PipelineHarness) -> list[DeliveryEvent]:
-    return [
-        DeliveryEvent.model_validate_json(r.value) for r in pipeline.read_topic(pipeline.names.deliveries)
-    ]
 
 
 def test_shards_move_with_their_partitions_when_workers_join_and_leave(pipeline: PipelineHarness) -> None:
@@ -237,5 +231,40 @@ def test_shards_move_with_their_partitions_when_workers_join_and_leave(pipeline:
     pipeline.publish(left)
     pipeline.wait_processed(left.event_id)
     assert recipients(pipeline.emails_for(left.event_id)) == sorted(s.email for s in people)
-    accepted = Counter(d.alert_id for d in _deliveries(pipeline) if d.outcome == "accepted")
+    accepted = Counter(d.alert_id for d in pipeline.deliveries() if d.outcome == "accepted")
     assert set(accepted.values()) == {1} and len(accepted) == 2 * len(people)
+
+
+def test_alerts_travel_in_batches_of_one_language_and_each_person_is_alerted_once(
+    pipeline: PipelineHarness,
+) -> None:
+    languages = ("en", "fr", "es")
+    people = [
+        subscription(f"p{i}@example.org", language=languages[i % 3], countries=["BD"], interests=["wages"])
+        for i in range(40)
+    ]
+    pipeline.subscribe(*people)
+    pipeline.start_worker(MOBILISE_DELIVERY_BATCH_SIZE="4")
+    pipeline.wait_ready()
+    pipeline.wait_indexed(*(s.subscriber_id for s in people))
+
+    update = case_update(issues=["wages"])
+    pipeline.publish(update)
+    assert pipeline.wait_processed(update.event_id) == len(people)
+
+    language_of = {s.subscriber_id: s.language for s in people}
+    batches = [
+        (r.partition, AlertBatch.model_validate_json(r.value))
+        for r in pipeline.read_topic(pipeline.names.alerts)
+    ]
+    assert batches and all(1 <= len(b.recipients) <= 4 for _, b in batches)
+    for _, b in batches:
+        assert {language_of[r.subscriber_id] for r in b.recipients} == {b.language}
+    carried = Counter(r.subscriber_id for _, b in batches for r in b.recipients)
+    assert carried == Counter({s.subscriber_id: 1 for s in people})
+    # Each batch sits on the partition of its people's subscriptions.
+    subscribed_on = {r.key.decode(): r.partition for r in pipeline.read_topic(pipeline.names.subscriptions)}
+    assert all(subscribed_on[r.subscriber_id] == p for p, b in batches for r in b.recipients)
+    assert recipients(pipeline.emails_for(update.event_id)) == sorted(s.email for s in people)
+    accepted = Counter(d.subscriber_id for d in pipeline.deliveries() if d.outcome == "accepted")
+    assert accepted == Counter({s.subscriber_id: 1 for s in people})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mobilise.broker import EmbeddedBroker
-from schemas import DeadLetter, DeliveryEvent, Subscription
+from schemas import DeadLetter, Subscription
 from tests.fakes.sendgrid_server import API_KEY, FakeSendGrid, RateLimited
 
 from .harness import PipelineHarness, case_update, subscription
@@ -46,9 +46,6 @@ class SendGridPipeline(PipelineHarness):
 
     def wait_until(self, what: str, check: Callable[[], bool], timeout: float = PATIENCE) -> None:
         super().wait_until(what, check, timeout)
-
-    def deliveries(self) -> list[DeliveryEvent]:
-        return [DeliveryEvent.model_validate_json(r.value) for r in self.read_topic(self.names.deliveries)]
 
 
 @pytest.fixture

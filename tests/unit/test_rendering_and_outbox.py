@@ -107,3 +107,51 @@ def test_sinks_are_found_through_the_entry_point_group() -> None:
     assert load_sink("outbox") is OutboxSink
     with pytest.raises(ConfigurationError, match=r"no connector named 'carrier-pigeon'.*installed: .*outbox"):
         load_sink("carrier-pigeon")
+
+
+@pytest.mark.parametrize("anonymous", [True, False], ids=["nameless-file", "named-temporary"])
+def test_both_ways_of_writing_give_the_same_file_once_and_leave_nothing_else(
+    tmp_path: Path, anonymous: bool
+) -> None:
+    sink = OutboxSink(OutboxConfig(outbox_dir=tmp_path / "out"))
+    french = make_alert("fr")
+    alerts = [make_alert(), french.model_copy(update={"alert_id": alert_id_for(french.event_id, "sub-2")})]
+
+    async def run() -> tuple[list[object], list[object]]:
+        await sink.setup()
+        sink._anonymous = anonymous  # the fallback for file systems without O_TMPFILE
+        try:
+            return list(await sink.deliver(alerts)), list(await sink.deliver(alerts[:1]))
+        finally:
+            await sink.close()
+
+    first, again = asyncio.run(run())
+    assert [o.duplicate for o in first] == [False, False]  # type: ignore[attr-defined]
+    assert [(o.accepted, o.duplicate) for o in again] == [(True, True)]  # type: ignore[attr-defined]
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == sorted(f"{a.alert_id}.eml" for a in alerts)
+    reference = OutboxSink(OutboxConfig(outbox_dir=tmp_path / "reference"))
+
+    async def write_reference() -> None:
+        await reference.setup()
+        reference._anonymous = not anonymous
+        await reference.deliver(alerts[:1])
+        await reference.close()
+
+    asyncio.run(write_reference())
+    name = f"{alerts[0].alert_id}.eml"
+    assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+
+
+def test_personal_substitutions_are_the_personal_parts_substitutions() -> None:
+    from pydantic import SecretStr
+
+    from connectors.rendering import personal_substitutions, render_personal
+    from mobilise.links import PublicLinks
+
+    linked = IDENTITY.model_copy(
+        update={"links": PublicLinks(public_url="https://act.example.net", secret_key=SecretStr("s" * 32))}
+    )
+    for identity in (IDENTITY, linked):
+        for alert in (make_alert(), make_alert("es"), make_alert().model_copy(update={"name": None})):
+            expected = render_personal(alert, identity).substitutions()
+            assert personal_substitutions(alert, identity) == expected

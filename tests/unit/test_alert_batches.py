@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from schemas import AlertBatch, CaseUpdate, MatchReason, Recipient, alert_id_for, batch_id_for
+from streams.sent import SentAlerts
+
+CASE = CaseUpdate.model_validate_json(
+    json.dumps(
+        {
+            "case_id": "bd-1",
+            "status": "urgent_action",
+            "title": {"en": "Fired for organising"},
+            "summary": {"en": "Twelve leaders dismissed."},
+            "country": "BD",
+            "brands": ["H&M"],
+            "issues": ["union_busting"],
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "published_by": "p",
+        }
+    )
+)
+
+
+def batch(*subscribers: str) -> AlertBatch:
+    return AlertBatch(
+        batch_id=batch_id_for(CASE.event_id, 3, "fr", 0),
+        event_id=CASE.event_id,
+        language="fr",
+        case=CASE.public(),
+        created_at=datetime(2026, 1, 2, tzinfo=UTC),
+        recipients=tuple(
+            Recipient(
+                alert_id=alert_id_for(CASE.event_id, s),
+                subscriber_id=s,
+                email=f"{s}@example.org",
+                name=s.title(),
+                reason=MatchReason(country="BD"),
+            )
+            for s in subscribers
+        ),
+    )
+
+
+def test_a_batch_read_from_the_wire_expands_to_one_alert_per_person_with_the_case_once() -> None:
+    wire = batch("amina", "bilal").model_dump_json()
+    assert wire.count('"Fired for organising"') == 1
+    read = AlertBatch.model_validate_json(wire)
+    alerts = read.alerts()
+    assert [a.subscriber_id for a in alerts] == ["amina", "bilal"]
+    assert [a.alert_id for a in alerts] == [alert_id_for(CASE.event_id, s) for s in ("amina", "bilal")]
+    assert all(a.case is read.case and a.language == "fr" and a.event_id == CASE.event_id for a in alerts)
+    # The expanded alerts are what the Alert schema accepts.
+    assert [type(a).model_validate_json(a.model_dump_json()) for a in alerts] == alerts
+
+
+def test_a_batch_without_recipients_or_with_a_malformed_address_is_refused() -> None:
+    data = json.loads(batch("amina").model_dump_json())
+    with pytest.raises(ValidationError, match="recipients"):
+        AlertBatch.model_validate_json(json.dumps({**data, "recipients": []}))
+    data["recipients"][0]["email"] = "no-at-sign"
+    with pytest.raises(ValidationError, match=r"recipients\.0\.email"):
+        AlertBatch.model_validate_json(json.dumps(data))
+
+
+def test_a_batch_narrowed_for_a_dead_letter_keeps_only_that_person() -> None:
+    full = batch("amina", "bilal", "chen")
+    narrowed = full.only(frozenset({alert_id_for(CASE.event_id, "bilal")}))
+    assert [r.subscriber_id for r in narrowed.recipients] == ["bilal"]
+    assert narrowed.batch_id == full.batch_id and narrowed.case == full.case
+
+
+class _Table(dict[str, Any]):
+    """Stands in for the changelog-backed table: SentAlerts only reads and writes keys."""
+
+
+def test_sent_alerts_merge_the_parts_of_a_batch_and_read_rows_of_one_alert() -> None:
+    table = _Table()
+    sent = SentAlerts(table)  # type: ignore[arg-type]
+    sent.record("alb-1", 2, ["a1", "a2"], "outbox")
+    sent.record("alb-1", 2, ["a2", "a3"], "outbox")  # a retry, a replay: never loses a1
+    assert table["alb-1"]["alerts"] == ["a1", "a2", "a3"] and table["alb-1"]["partition"] == 2
+    assert all(a in sent for a in ("a1", "a2", "a3")) and "a4" not in sent
+    sent.record("alb-1", 2, ["a1"], "outbox")  # nothing new: no write
+    assert table["alb-1"]["alerts"] == ["a1", "a2", "a3"]
+
+    newcomer = SentAlerts(_Table())  # type: ignore[arg-type]
+    known = newcomer.load([*table.items(), ("alr-old", {"at": "2026-01-01T00:00:00+00:00", "sink": "smtp"})])
+    assert known == 4 and "alr-old" in newcomer and "a3" in newcomer
