@@ -290,7 +290,7 @@ def run(args: argparse.Namespace, work: Path) -> Result:
         run_id = uuid.uuid4().hex[:8]
         names = TopicNames(prefix=f"bench-{run_id}-")
         create_topics(bootstrap, topic_specs(names, args.partitions), 1)
-        outbox = work / "outbox"
+        outbox = (args.outbox_root or work) / "outbox"
         env = dict(os.environ)
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
@@ -445,18 +445,31 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="bound of the whole run, seconds")
     parser.add_argument("--py-spy", type=Path, default=None, help="record the workers with py-spy into DIR")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, outbox)")
+    parser.add_argument(
+        "--outbox-parent",
+        type=Path,
+        help="where the outbox directory goes (default: the temporary directory; e.g. /dev/shm for memory)",
+    )
     args = parser.parse_args()
     configure_logging("console", "warning")  # keep the admin client's info lines out of stdout
 
     work = Path(tempfile.mkdtemp(prefix="mobilise-bench-"))
+    args.outbox_root = (
+        Path(tempfile.mkdtemp(prefix="mobilise-bench-", dir=args.outbox_parent))
+        if args.outbox_parent
+        else None
+    )
     try:
         result = run(args, work)
         print(result.table())
     finally:
-        if args.keep:
-            print(f"kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        for directory in (work, args.outbox_root):
+            if directory is None:
+                continue
+            if args.keep:
+                print(f"kept {directory}", file=sys.stderr)
+            else:
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

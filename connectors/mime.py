@@ -1,4 +1,4 @@
-"""A rendered alert as an RFC 5322 / MIME message: bytes for files, a message for SMTP.
+"""An alert as an RFC 5322 / MIME message: bytes for files, a message for SMTP.
 
 The bytes are written directly rather than through :class:`email.message.EmailMessage`:
 with ``policy.default`` that class parses and refolds every header through its header
@@ -6,12 +6,20 @@ registry, which cost milliseconds per alert, more than everything else an alert 
 through. The format is fixed and small (a few headers, a text and an HTML alternative),
 so it is spelled out here: UTF-8 bodies in quoted-printable (7-bit clean, so any mail
 server takes them), non-ASCII headers in RFC 2047 encoded words.
+
+Everyone who gets an update in one language gets the same message but for a few header
+values and the lines of the bodies that hold a per-person slot. A
+:class:`MessageTemplate` encodes the rest once; per person only those lines are filled
+and encoded. Quoted-printable encodes each line on its own (soft breaks never cross a
+line end), so a message put together line by line is byte for byte the message encoded
+whole.
 """
 
 from __future__ import annotations
 
 import binascii
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from email import policy
 from email.header import Header
 from email.message import EmailMessage
@@ -20,60 +28,158 @@ from email.utils import format_datetime, formataddr, parseaddr
 from functools import lru_cache
 
 from schemas import Alert
+from schemas._base import stable_id
 
-from .rendering import EmailIdentity, RenderedEmail
+from .rendering import (
+    ONE_CLICK,
+    PLACEHOLDER_MARK,
+    EmailIdentity,
+    SharedEmail,
+    fill,
+    personal_substitutions,
+    shared_email,
+    unsubscribe_headers,
+)
 
-__all__ = ["to_bytes", "to_message"]
+__all__ = ["MessageTemplate", "alert_bytes", "alert_message", "message_template"]
 
 _PARSER = BytesParser(policy=policy.default)
 
 
-def to_bytes(email: RenderedEmail, identity: EmailIdentity, *, date_source: Alert) -> bytes:
-    """The message of ``email`` (text and HTML alternatives), with LF line ends.
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A body as runs of lines: encoded once where they have no slot, raw where they do."""
 
-    The Message-ID, the Date and the MIME boundary derive from the alert, so rendering
-    the same alert twice gives the same bytes.
+    runs: tuple[tuple[bool, str], ...]
+    """(has a slot, text): the text is quoted-printable already where it has none."""
 
-    Raises:
-        ValueError: an address has no ``@``.
+    @classmethod
+    def of(cls, text: str) -> _Body:
+        # The line end before a boundary belongs to the boundary: keep the body's own last one.
+        body = text if text.endswith("\n") else text + "\n"
+        runs: list[tuple[bool, str]] = []
+        for line in body.split("\n")[:-1]:
+            slotted = PLACEHOLDER_MARK in line
+            if runs and runs[-1][0] == slotted:
+                runs[-1] = (slotted, runs[-1][1] + line + "\n")
+            else:
+                runs.append((slotted, line + "\n"))
+        return cls(runs=tuple((slotted, run if slotted else _quoted_printable(run)) for slotted, run in runs))
 
-    """
-    from_line, sender_domain = _sender(identity.from_email)
-    if "@" not in email.to_email:
-        raise ValueError(f"the recipient address of {email.alert_id} has no '@'")
+    def render(self, values: dict[str, str]) -> str:
+        return "".join(_quoted_printable(fill(run, values)) if slotted else run for slotted, run in self.runs)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTemplate:
+    """The message of one update in one language, all but the per-person parts encoded."""
+
+    head: str
+    """From, up to the To header."""
+    middle: str
+    """Subject and Date, between To and Message-ID."""
+    domain: str
+    """The sender's domain, for the Message-ID."""
+    tail: str
+    """Every header after the alert id, the MIME headers and the text part's header."""
+    text: _Body
+    between: str
+    """The end of the text part and the header of the HTML part."""
+    html: _Body
+    end: str
+    """The closing boundary."""
+
+    def render(self, alert: Alert, identity: EmailIdentity, values: dict[str, str]) -> bytes:
+        """The message of ``alert`` with ``values`` (its personal substitutions) in its slots.
+
+        Raises:
+            ValueError: the address has no ``@``.
+
+        """
+        if "@" not in alert.email:
+            raise ValueError(f"the recipient address of {alert.alert_id} has no '@'")
+        unsubscribe = unsubscribe_headers(identity, alert.subscriber_id)["List-Unsubscribe"]
+        return "".join(
+            (
+                self.head,
+                f"To: {_address(alert.name or '', alert.email)}\n",
+                self.middle,
+                f"Message-ID: <{alert.alert_id}@{self.domain}>\n",
+                _header("List-Unsubscribe", unsubscribe),
+                _header("X-Mobilise-Alert-Id", alert.alert_id),
+                self.tail,
+                self.text.render(values),
+                self.between,
+                self.html.render(values),
+                self.end,
+            )
+        ).encode("ascii")
+
+
+@lru_cache(maxsize=256)
+def message_template(
+    shared: SharedEmail, identity: EmailIdentity, event_id: str, case_id: str, created_at: datetime
+) -> MessageTemplate:
+    """The :class:`MessageTemplate` of ``shared`` (cached: one per update, language and batch time)."""
+    from_line, domain = _sender(identity.from_email)
     # "=_" cannot occur in quoted-printable text ("=" is always "=XX" there), so no body
     # line can be mistaken for the boundary.
-    boundary = f"=_mobilise_{email.alert_id}"
-    lines = [
-        from_line,
-        f"To: {_address(email.to_name or '', email.to_email)}",
-        _header("Subject", email.subject),
-        f"Date: {format_datetime(date_source.created_at.astimezone(UTC))}",
-        f"Message-ID: <{email.alert_id}@{sender_domain}>",
-        *(_header(name, value) for name, value in email.headers.items()),
-        f"Content-Language: {email.language}",
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/alternative; boundary="{boundary}"',
-        "",
-        f"--{boundary}",
-        'Content-Type: text/plain; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _quoted_printable(email.text),
-        f"--{boundary}",
-        'Content-Type: text/html; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _quoted_printable(email.html),
-        f"--{boundary}--",
-        "",
-    ]
-    return "\n".join(lines).encode("ascii")
+    boundary = f"=_mobilise_{stable_id(event_id, shared.language, shared.subject, length=24)}"
+    one_click = "".join(_header(name, value) for name, value in ONE_CLICK.items()) if identity.links else ""
+    return MessageTemplate(
+        head=from_line,
+        middle=_header("Subject", shared.subject) + f"Date: {format_datetime(created_at.astimezone(UTC))}\n",
+        domain=domain,
+        tail="".join(
+            (
+                one_click,
+                _header("X-Mobilise-Case-Id", case_id),
+                _header("X-Mobilise-Event-Id", event_id),
+                f"Content-Language: {shared.language}\n",
+                "MIME-Version: 1.0\n",
+                f'Content-Type: multipart/alternative; boundary="{boundary}"\n',
+                "\n",
+                f"--{boundary}\n",
+                'Content-Type: text/plain; charset="utf-8"\n',
+                "Content-Transfer-Encoding: quoted-printable\n",
+                "\n",
+            )
+        ),
+        text=_Body.of(shared.text),
+        # The line end before a boundary belongs to the boundary, not to the body.
+        between="".join(
+            (
+                f"\n--{boundary}\n",
+                'Content-Type: text/html; charset="utf-8"\n',
+                "Content-Transfer-Encoding: quoted-printable\n",
+                "\n",
+            )
+        ),
+        html=_Body.of(shared.html),
+        end=f"\n--{boundary}--\n",
+    )
 
 
-def to_message(email: RenderedEmail, identity: EmailIdentity, *, date_source: Alert) -> EmailMessage:
-    """The same message as :func:`to_bytes`, parsed, for transports that take a message."""
-    message = _PARSER.parsebytes(to_bytes(email, identity, date_source=date_source))
+def alert_bytes(alert: Alert, identity: EmailIdentity) -> bytes:
+    """The message of ``alert`` (text and HTML alternatives), with LF line ends.
+
+    It says what :func:`connectors.rendering.render_alert` renders. The Message-ID, the
+    Date and the MIME boundary derive from the alert, so the same alert always gives the
+    same bytes.
+
+    Raises:
+        ValueError: the address has no ``@``, or a case text holds a reserved token.
+        jinja2.TemplateError: a template is broken.
+
+    """
+    shared = shared_email(alert, identity)
+    template = message_template(shared, identity, alert.event_id, alert.case.case_id, alert.created_at)
+    return template.render(alert, identity, personal_substitutions(alert, identity))
+
+
+def alert_message(alert: Alert, identity: EmailIdentity) -> EmailMessage:
+    """The same message as :func:`alert_bytes`, parsed, for transports that take a message."""
+    message = _PARSER.parsebytes(alert_bytes(alert, identity))
     assert isinstance(message, EmailMessage)  # what policy.default parses into
     return message
 
@@ -82,7 +188,7 @@ def to_message(email: RenderedEmail, identity: EmailIdentity, *, date_source: Al
 def _sender(from_email: str) -> tuple[str, str]:
     # The same configured sender for every alert: parse and format it once.
     sender = parseaddr(from_email)
-    return f"From: {_address(*sender)}", sender[1].partition("@")[2] or "mobilise.local"
+    return f"From: {_address(*sender)}\n", sender[1].partition("@")[2] or "mobilise.local"
 
 
 def _address(name: str, address: str) -> str:
@@ -90,13 +196,13 @@ def _address(name: str, address: str) -> str:
     return formataddr((" ".join(name.split()), address), charset="utf-8")
 
 
-@lru_cache(maxsize=1024)
 def _header(name: str, value: str) -> str:
-    # Cached: the subject is the same for everyone who gets an update in one language, and
-    # encoding a non-ASCII one (RFC 2047) costs more than the rest of the message.
+    """The header line(s) of ``name: value``, with its line end."""
     flat = " ".join(value.split())
     if not flat.isascii():
-        return f"{name}: " + Header(flat, "utf-8", header_name=name).encode(linesep="\n")
+        return _encoded_header(name, flat)
+    if len(name) + 2 + len(flat) <= 78:
+        return f"{name}: {flat}\n"
     # Fold at spaces to keep lines near 78 characters (RFC 5322 §2.2.3); a longer word
     # (a URL) stays whole, on a line of its own, under the hard limit of 998.
     words = flat.split(" ")
@@ -106,10 +212,15 @@ def _header(name: str, value: str) -> str:
             lines.append(" " + word)
         else:
             lines[-1] += " " + word
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+@lru_cache(maxsize=1024)
+def _encoded_header(name: str, flat: str) -> str:
+    # Cached: encoding a non-ASCII value (RFC 2047) costs more than the rest of a message,
+    # and such values (the subject of an update in French) repeat for everyone.
+    return f"{name}: " + Header(flat, "utf-8", header_name=name).encode(linesep="\n") + "\n"
 
 
 def _quoted_printable(text: str) -> str:
-    # The line end before a boundary belongs to the boundary: keep the body's own last one.
-    body = text if text.endswith("\n") else text + "\n"
-    return binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii")
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii")

@@ -20,8 +20,7 @@ from schemas import Alert
 
 from .base import Sink, SinkOutcome
 from .email_config import EmailSinkConfig
-from .mime import to_bytes
-from .rendering import render_alert
+from .mime import alert_bytes
 
 __all__ = ["OutboxConfig", "OutboxSink"]
 
@@ -77,7 +76,7 @@ class OutboxSink(Sink[OutboxConfig]):
         # has not recorded, so a file already there is rare, and the link below finds it.
         name = f"{alert.alert_id}.eml"
         try:
-            message = to_bytes(render_alert(alert, self._identity), self._identity, date_source=alert)
+            message = alert_bytes(alert, self._identity)
         except (jinja2.TemplateError, ValueError) as exc:
             # The same alert will fail the same way every time: a permanent failure.
             return SinkOutcome.model_construct(

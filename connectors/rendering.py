@@ -42,6 +42,7 @@ __all__ = [
     "render_alert",
     "render_personal",
     "render_shared",
+    "shared_email",
     "template_language",
     "unsubscribe_headers",
     "unsubscribe_mailto",
@@ -183,9 +184,14 @@ def _mailbox(address: str) -> str:
     return parseaddr(address)[1]
 
 
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
 def unsubscribe_mailto(identity: EmailIdentity, subscriber_id: str) -> str:
     """The ``mailto:`` URI a person uses to unsubscribe (List-Unsubscribe and the footer)."""
-    return f"mailto:{_mailbox(identity.unsubscribe_email)}?subject={quote('unsubscribe ' + subscriber_id)}"
+    # Generated subscriber ids need no escaping; quote() per person costs more than this check.
+    escaped = subscriber_id if _URL_SAFE.fullmatch(subscriber_id) else quote(subscriber_id)
+    return f"mailto:{_mailbox(identity.unsubscribe_email)}?subject=unsubscribe%20{escaped}"
 
 
 def unsubscribe_headers(identity: EmailIdentity, subscriber_id: str) -> dict[str, str]:
@@ -345,10 +351,12 @@ _SHARED_CACHE_SIZE = 64
 _shared_cache: dict[tuple[str, str, EmailIdentity], SharedEmail] = {}
 
 
-def _shared_of(alert: Alert, identity: EmailIdentity) -> SharedEmail:
+def shared_email(alert: Alert, identity: EmailIdentity) -> SharedEmail:
+    """The shared part of ``alert``'s email, rendered once per update and language."""
     # An update reaches thousands of people in a handful of languages: render its shared
     # part once per language. The event id names the update (a replay is the same update).
-    key = (alert.event_id, template_language(alert.language), identity)
+    # The person's language, not the template's: titles are picked in it.
+    key = (alert.event_id, alert.language, identity)
     shared = _shared_cache.get(key)
     if shared is None:
         shared = render_shared(alert.case, alert.language, identity)
@@ -360,7 +368,7 @@ def _shared_of(alert: Alert, identity: EmailIdentity) -> SharedEmail:
 
 def render_alert(alert: Alert, identity: EmailIdentity) -> RenderedEmail:
     """Render ``alert`` in the subscriber's language (English when there is no template)."""
-    shared = _shared_of(alert, identity)
+    shared = shared_email(alert, identity)
     values = personal_substitutions(alert, identity)
     return RenderedEmail(
         alert_id=alert.alert_id,

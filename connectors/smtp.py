@@ -26,8 +26,7 @@ from schemas import Alert
 
 from .base import Sink, SinkOutcome
 from .email_config import EmailSinkConfig
-from .mime import to_message
-from .rendering import render_alert
+from .mime import alert_message
 
 __all__ = ["SmtpConfig", "SmtpSink"]
 
@@ -183,7 +182,7 @@ class SmtpSink(Sink[SmtpConfig]):
 
     def _render(self, alert: Alert) -> EmailMessage | SinkOutcome:
         try:
-            return to_message(render_alert(alert, self._identity), self._identity, date_source=alert)
+            return alert_message(alert, self._identity)
         except (jinja2.TemplateError, ValueError) as exc:
             # The same alert fails the same way every time: a permanent failure.
             return SinkOutcome(alert_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")

@@ -30,6 +30,8 @@ __all__ = ["Pipeline", "create_app"]
 
 log = structlog.get_logger(__name__)
 
+_RECORDS_PER_TAKE = 64
+
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
     # Values are read as bytes and validated by the schemas ourselves, so that a bad
@@ -85,7 +87,11 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     names = TopicNames(prefix=settings.topic_prefix)
     names_read = {names.case_updates, names.subscriptions, names.case_fanout, names.alerts}
     # This app's transport only, not faust's class: other apps in the process are untouched.
-    consumer_class = type("PipelineConsumer", (RewindingConsumer,), {"inputs": frozenset(names_read)})
+    consumer_class = type(
+        "PipelineConsumer",
+        (RewindingConsumer,),
+        {"inputs": frozenset(names_read), "fetch_max_wait_ms": settings.fetch_max_wait_ms},
+    )
     app.transport.Consumer = consumer_class  # type: ignore[misc]  # faust declares it a class variable
     case_updates = _raw_topic(app, names.case_updates, partitions)
     subscriptions = _raw_topic(app, names.subscriptions, partitions)
@@ -174,9 +180,8 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
 
     @app.agent(alerts, name="deliver")
     async def _deliver(stream: Any) -> None:
-        async for events in stream.take_events(
-            settings.delivery_batch_size, within=settings.delivery_batch_seconds
-        ):
+        # Records are alert batches already: a few dozen of them are plenty to join.
+        async for events in stream.take_events(_RECORDS_PER_TAKE, within=settings.delivery_batch_seconds):
             await delivery.process(events)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode types receivers as returning Awaitable, not Coroutine

@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import aiokafka
 from faust.transport.consumer import ensure_TP
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 
 __all__ = ["RewindingConsumer"]
+
+
+class _PromptConsumerThread(AIOKafkaConsumerThread):
+    """faust's consumer thread, with a fetch wait the pipeline chooses.
+
+    faust fixes the fetch wait at 1.5 s. A broker that does not answer a waiting fetch as
+    soon as a record arrives (the embedded one does not) then holds every hop of the
+    pipeline (case-updates → case-fanout → alerts) for up to that long; Kafka answers at
+    once, and a shorter wait only costs it a few empty fetches a second while idle.
+    """
+
+    fetch_max_wait_ms: int = 100
+
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by the fetcher that aiokafka creates when the consumer starts.
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
 
 
 class RewindingConsumer(AIOKafkaConsumer):
@@ -23,6 +45,12 @@ class RewindingConsumer(AIOKafkaConsumer):
     """
 
     inputs: frozenset[str] = frozenset()
+    fetch_max_wait_ms: int = 100
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        thread = _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread.fetch_max_wait_ms = self.fetch_max_wait_ms  # before it creates its client
+        return thread
 
     async def perform_seek(self) -> None:
         """Seek to the committed offsets, and to the beginning where there is none."""

@@ -6,7 +6,10 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 
-from connectors.mime import to_bytes, to_message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connectors.mime import alert_bytes, alert_message
 from connectors.rendering import render_alert
 
 from .test_rendering_and_outbox import IDENTITY, make_alert
@@ -21,7 +24,7 @@ def _parse(raw: bytes) -> EmailMessage:
 def test_readers_get_back_the_rendered_text_html_and_headers() -> None:
     alert = make_alert("fr").model_copy(update={"name": "Adèle Müller-Ñúñez"})
     email = render_alert(alert, IDENTITY)
-    raw = to_bytes(email, IDENTITY, date_source=alert)
+    raw = alert_bytes(alert, IDENTITY)
     message = _parse(raw)
 
     assert raw.isascii()  # 7-bit clean: any mail server takes it
@@ -44,14 +47,13 @@ def test_readers_get_back_the_rendered_text_html_and_headers() -> None:
 
 def test_the_same_alert_gives_the_same_bytes() -> None:
     alert = make_alert()
-    email = render_alert(alert, IDENTITY)
-    assert to_bytes(email, IDENTITY, date_source=alert) == to_bytes(email, IDENTITY, date_source=alert)
-    assert to_message(email, IDENTITY, date_source=alert).as_bytes().count(b"Subject:") == 1
+    assert alert_bytes(alert, IDENTITY) == alert_bytes(alert.model_copy(), IDENTITY)
+    assert alert_message(alert, IDENTITY).as_bytes().count(b"Subject:") == 1
 
 
 def test_a_name_cannot_add_headers() -> None:
     alert = make_alert().model_copy(update={"name": "Eve\nBcc: everyone@example.com"})
-    message = _parse(to_bytes(render_alert(alert, IDENTITY), IDENTITY, date_source=alert))
+    message = _parse(alert_bytes(alert, IDENTITY))
     assert message["Bcc"] is None
     assert message["To"].addresses[0].addr_spec == "person@example.org"
 
@@ -59,6 +61,43 @@ def test_a_name_cannot_add_headers() -> None:
 def test_long_subjects_are_folded_not_cut() -> None:
     alert = make_alert(title={"en": "Workers at the factory " * 12})
     email = render_alert(alert, IDENTITY)
-    raw = to_bytes(email, IDENTITY, date_source=alert)
+    raw = alert_bytes(alert, IDENTITY)
     assert all(len(line) <= 998 for line in raw.split(b"\n"))
     assert _parse(raw)["Subject"] == email.subject
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"),
+        max_size=300,
+    ),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=80),
+)
+def test_a_body_encoded_line_by_line_is_the_body_encoded_whole(body: str, value: str) -> None:
+    from connectors.mime import _Body, _quoted_printable
+    from connectors.rendering import PersonalParts, fill
+
+    token = PersonalParts.placeholders["why_text"]
+    # A slot somewhere in the body, on a line of its own or inside one.
+    cut = len(body) // 2
+    shared = body[:cut] + token + body[cut:]
+    values = {token: value}
+    whole = fill(shared, values)
+    expected = _quoted_printable(whole if whole.endswith("\n") else whole + "\n")
+    assert _Body.of(shared).render(values) == expected
+
+
+def test_every_shipped_template_encodes_the_same_line_by_line() -> None:
+    from connectors.mime import _Body, _quoted_printable
+    from connectors.rendering import fill, personal_substitutions, shared_email
+
+    for language in ("en", "fr", "es", "km"):
+        alert = make_alert(language).model_copy(update={"name": "Adèle  =Ñ= trailing "})
+        shared = shared_email(alert, IDENTITY)
+        values = personal_substitutions(alert, IDENTITY)
+        for body in (shared.text, shared.html):
+            filled = fill(body, values)
+            assert _Body.of(body).render(values) == _quoted_printable(
+                filled if filled.endswith("\n") else filled + "\n"
+            )
