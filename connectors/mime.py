@@ -35,9 +35,10 @@ from .rendering import (
     PLACEHOLDER_MARK,
     EmailIdentity,
     SharedEmail,
-    fill,
+    fill_split,
     personal_substitutions,
     shared_email,
+    split_slots,
     unsubscribe_headers,
 )
 
@@ -50,8 +51,8 @@ _PARSER = BytesParser(policy=policy.default)
 class _Body:
     """A body as runs of lines: encoded once where they have no slot, raw where they do."""
 
-    runs: tuple[tuple[bool, str], ...]
-    """(has a slot, text): the text is quoted-printable already where it has none."""
+    runs: tuple[str | tuple[str, ...], ...]
+    """Lines without a slot, quoted-printable already; lines with one, cut at the slots."""
 
     @classmethod
     def of(cls, text: str) -> _Body:
@@ -64,10 +65,14 @@ class _Body:
                 runs[-1] = (slotted, runs[-1][1] + line + "\n")
             else:
                 runs.append((slotted, line + "\n"))
-        return cls(runs=tuple((slotted, run if slotted else _quoted_printable(run)) for slotted, run in runs))
+        return cls(
+            runs=tuple(split_slots(run) if slotted else _quoted_printable(run) for slotted, run in runs)
+        )
 
     def render(self, values: dict[str, str]) -> str:
-        return "".join(_quoted_printable(fill(run, values)) if slotted else run for slotted, run in self.runs)
+        return "".join(
+            run if isinstance(run, str) else _quoted_printable(fill_split(run, values)) for run in self.runs
+        )
 
 
 @dataclass(frozen=True, slots=True)

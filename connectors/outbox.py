@@ -49,6 +49,7 @@ class OutboxSink(Sink[OutboxConfig]):
         self.config.outbox_dir.mkdir(parents=True, exist_ok=True)
         self._identity = self.config.identity()
         self._anonymous = hasattr(os, "O_TMPFILE")
+        self._directory = str(self.config.outbox_dir)
         self._directory_fd: int | None = os.open(self.config.outbox_dir, os.O_RDONLY)
 
     async def close(self) -> None:
@@ -83,7 +84,7 @@ class OutboxSink(Sink[OutboxConfig]):
                 alert_id=alert.alert_id, accepted=False, retryable=False, error=f"cannot render: {exc!r}"
             )
         try:
-            duplicate = self._write(self.config.outbox_dir / name, message)
+            duplicate = self._write(name, message)
         except OSError as exc:
             return SinkOutcome.model_construct(
                 alert_id=alert.alert_id, accepted=False, retryable=True, error=f"cannot write: {exc}"
@@ -93,8 +94,9 @@ class OutboxSink(Sink[OutboxConfig]):
             alert_id=alert.alert_id, accepted=True, duplicate=duplicate, provider_message_id=name
         )
 
-    def _write(self, final: Path, message: bytes) -> bool:
-        """Write ``message`` to a nameless file and link it in as ``final``; True if it existed."""
+    def _write(self, name: str, message: bytes) -> bool:
+        """Write ``message`` to a nameless file and link it in as ``name``; True if it existed."""
+        final = os.path.join(self._directory, name)
         if self._anonymous:
             try:
                 return self._write_anonymous(final, message)
@@ -104,12 +106,12 @@ class OutboxSink(Sink[OutboxConfig]):
                 self._anonymous = False  # this file system has no O_TMPFILE: named ones, then
         return self._write_named(final, message)
 
-    def _write_anonymous(self, final: Path, message: bytes) -> bool:
+    def _write_anonymous(self, final: str, message: bytes) -> bool:
         # O_TMPFILE: the file has no name until it is complete, so a crash leaves nothing
         # behind, and linking it in fails if the name exists (one writer wins).
-        fd = os.open(final.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        fd = os.open(self._directory, os.O_TMPFILE | os.O_WRONLY, 0o644)
         try:
-            os.write(fd, message)
+            _write_fully(fd, message)
             try:
                 # src_dir_fd makes Python call linkat(…, AT_SYMLINK_FOLLOW), which links the
                 # open file itself rather than the /proc symlink to it.
@@ -120,9 +122,10 @@ class OutboxSink(Sink[OutboxConfig]):
         finally:
             os.close(fd)
 
-    def _write_named(self, final: Path, message: bytes) -> bool:
+    def _write_named(self, final: str, message: bytes) -> bool:
         # One writer per alert id at a time within a process; the pid keeps workers apart.
-        temporary = final.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{final.name}")
+        head, name = os.path.split(final)
+        temporary = os.path.join(head, f".tmp-{os.getpid()}-{threading.get_ident()}-{name}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -134,3 +137,9 @@ class OutboxSink(Sink[OutboxConfig]):
             return False
         finally:
             os.unlink(temporary)
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

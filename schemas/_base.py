@@ -35,5 +35,10 @@ def stable_id(*parts: Any, length: int = 32) -> str:
     The same parts give the same id in every process and on every run, which is what
     makes retried effects recognisable as retries.
     """
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    canonical = _CANONICAL.encode(parts)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
+
+
+# What json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str) uses, made once:
+# dumps builds a new encoder on every call with those arguments, and ids are made per alert.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,6 +190,9 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.subscriptions}
         built = shards.assign(owned, subscribers.items())
         sent_known = sent_alerts.load(sent.items())
+        # The shards are long-lived and acyclic: keep the cyclic collector from walking
+        # them again and again while a fan-out allocates per person (it dominated latency).
+        gc.freeze()
         readiness.partitions = frozenset(owned)
         readiness.shards_loaded = True
         log.info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 import faust
@@ -27,6 +28,11 @@ def run_worker(settings: Settings, observe: Callable[[Pipeline], None] | None = 
         ConfigurationError: the sink or its settings are wrong.
 
     """
+    # A fan-out allocates a few objects per person while the shards hold a few per
+    # subscriber: with the default threshold (700) the cyclic collector walks the whole heap
+    # every few hundred alerts. 50,000 costs a little memory and saved about 15 % of the
+    # CPU per alert in bench/end_to_end.py.
+    gc.set_threshold(50_000, 50, 1000)
     sink_class = load_sink(settings.sink)
     sink = sink_class(_sink_config(sink_class))
     settings.data_dir.mkdir(parents=True, exist_ok=True)

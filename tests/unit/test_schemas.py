@@ -126,3 +126,13 @@ def test_schema_export_writes_one_file_per_contract(tmp_path: object) -> None:
     assert suppression["required"][0] == "record"
     assert suppression["properties"]["record"]["const"] == "suppression"
     assert set(suppression["$defs"]["SuppressionReason"]["enum"]) >= {"bounce", "link_unsubscribe"}
+
+
+def test_ids_stay_what_they_were_so_records_written_before_an_upgrade_still_match() -> None:
+    import hashlib
+
+    from schemas import alert_id_for
+
+    # The canonical form ids have always hashed: JSON with sorted keys and no spaces.
+    canonical = json.dumps(["evt-1", "sub-é"], sort_keys=True, separators=(",", ":"))
+    assert alert_id_for("evt-1", "sub-é") == "alr-" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
