@@ -16,7 +16,31 @@ from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
 from .shards import SubscriberShards
 
-__all__ = ["Matcher"]
+__all__ = ["MAX_RECORD_BYTES", "Matcher", "encode_batch"]
+
+MAX_RECORD_BYTES = 512 * 1024
+"""Largest alert batch record written: half of Kafka's default ``message.max.bytes`` and of
+faust's largest produce request (1 MB each), whatever the batch size and names."""
+
+
+def encode_batch(batch: AlertBatch, max_bytes: int = MAX_RECORD_BYTES) -> list[tuple[bytes, bytes]]:
+    """The (key, value) records of ``batch``: one, or halves of it until each fits ``max_bytes``.
+
+    Halves are named ``<batch_id>-a`` and ``-b``, so the records stay the same on a re-match.
+    """
+    value = batch.model_dump_json().encode("utf-8")
+    if len(value) <= max_bytes or len(batch.recipients) == 1:
+        return [(batch.batch_id.encode("utf-8"), value)]
+    half = len(batch.recipients) // 2
+    return [
+        record
+        for suffix, people in (("a", batch.recipients[:half]), ("b", batch.recipients[half:]))
+        for record in encode_batch(
+            batch.model_copy(update={"batch_id": f"{batch.batch_id}-{suffix}", "recipients": people}),
+            max_bytes,
+        )
+    ]
+
 
 log = structlog.get_logger(__name__)
 
@@ -96,13 +120,8 @@ class Matcher:
                     created_at=now,
                     recipients=tuple(people[start : start + size]),
                 )
-                pending.append(
-                    await self._alerts.send(
-                        key=batch.batch_id.encode("utf-8"),
-                        value=batch.model_dump_json().encode("utf-8"),
-                        partition=partition,
-                    )
-                )
+                for key, value in encode_batch(batch):
+                    pending.append(await self._alerts.send(key=key, value=value, partition=partition))
         await asyncio.gather(*pending)
         self._metrics.match_seconds.observe(time.perf_counter() - started)
         self._metrics.alerts.inc(matched)

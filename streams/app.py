@@ -31,8 +31,6 @@ __all__ = ["Pipeline", "create_app"]
 
 log = structlog.get_logger(__name__)
 
-_RECORDS_PER_TAKE = 64
-
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
     # Values are read as bytes and validated by the schemas ourselves, so that a bad
@@ -181,9 +179,11 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
 
     @app.agent(alerts, name="deliver")
     async def _deliver(stream: Any) -> None:
-        # Records are alert batches already: a few dozen of them are plenty to join.
-        async for events in stream.take_events(_RECORDS_PER_TAKE, within=settings.delivery_batch_seconds):
-            await delivery.process(events)
+        # One alert batch at a time: the matcher made it a sink batch already, and faust
+        # commits a record only when its processing is done, so a batch held back to join
+        # another would hold back the commit of every record taken with it.
+        async for event in stream.events():
+            await delivery.process([event])
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode types receivers as returning Awaitable, not Coroutine
     async def _load_shards(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:

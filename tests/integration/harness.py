@@ -89,7 +89,6 @@ class PipelineHarness:
             MOBILISE_DATA_DIR=str(self.tmp_path / "data"),
             MOBILISE_LOG_FORMAT="json",
             MOBILISE_LOG_LEVEL="info",
-            MOBILISE_DELIVERY_BATCH_SECONDS="0.2",
         )
         return env
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,9 +37,6 @@ class SendGridPipeline(PipelineHarness):
             MOBILISE_FROM_EMAIL="Network alerts <alerts@example.net>",
             MOBILISE_UNSUBSCRIBE_EMAIL="stop@example.net",
             MOBILISE_DELIVERY_BATCH_SIZE="1000",
-            # Long enough for batches to fill even on a busy machine: the request count is
-            # what the first test measures (the last batch waits this long, and no longer).
-            MOBILISE_DELIVERY_BATCH_SECONDS="10",
         )
         return env
 
@@ -120,11 +116,10 @@ def test_a_case_update_for_2500_people_takes_a_few_requests(
 
     _check_each_person_once(pipeline, fake_sendgrid, update.event_id, people)
     sizes = [len(body["personalizations"]) for body in fake_sendgrid.accepted]
-    # A delivery batch holds at most 1,000 alerts, all English here: one request per batch.
-    # Three if every batch filled up; a few more if the machine was so slow that a batch
-    # closed (after 10 s) before it was full.
+    # An alert batch holds one partition's people of one language, at most 1,000: here each
+    # of the 4 partitions has about 625, all English, so one request per partition.
     print(f"\nSendGrid requests for {len(people)} people: {len(sizes)}, of {sizes} people")
-    assert len(sizes) <= math.ceil(len(people) / 1000) + 3, sizes
+    assert len(sizes) == pipeline.partitions and sum(sizes) == len(people), sizes
     assert all("Secret Worker Name" not in str(body) for body in fake_sendgrid.accepted)
 
 

@@ -92,3 +92,22 @@ def test_sent_alerts_merge_the_parts_of_a_batch_and_read_rows_of_one_alert() -> 
     newcomer = SentAlerts(_Table())  # type: ignore[arg-type]
     known = newcomer.load([*table.items(), ("alr-old", {"at": "2026-01-01T00:00:00+00:00", "sink": "smtp"})])
     assert known == 4 and "alr-old" in newcomer and "a3" in newcomer
+
+
+def test_a_batch_too_large_for_one_record_is_cut_into_halves_that_fit() -> None:
+    from streams.alerting import encode_batch
+
+    full = batch(*(f"person-{i:03}" for i in range(10)))
+    one_record = encode_batch(full)
+    assert [k for k, _ in one_record] == [full.batch_id.encode()]
+    limit = len(one_record[0][1]) // 3
+    records = encode_batch(full, max_bytes=limit)
+    assert len(records) >= 3 and all(len(v) <= limit for _, v in records)
+    parts = [AlertBatch.model_validate_json(v) for _, v in records]
+    assert [r for p in parts for r in p.recipients] == list(full.recipients)
+    assert len({k for k, _ in records}) == len(records)
+    assert all(
+        k.decode() == p.batch_id and p.batch_id.startswith(full.batch_id + "-")
+        for (k, _), p in zip(records, parts, strict=True)
+    )
+    assert encode_batch(full, max_bytes=limit) == records  # the same cut every time
