@@ -126,7 +126,6 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         bulk=BulkProducer(app),
         dead_letters=dead_letters,
         max_attempts=settings.delivery_max_attempts,
-        batch_size=settings.delivery_batch_size,
         metrics=metrics,
     )
     inputs = names_read
@@ -183,7 +182,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         # commits a record only when its processing is done, so a batch held back to join
         # another would hold back the commit of every record taken with it.
         async for event in stream.events():
-            await delivery.process([event])
+            await delivery.process(event)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode types receivers as returning Awaitable, not Coroutine
     async def _load_shards(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:

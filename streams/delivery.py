@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -29,7 +29,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 @dataclass
 class _Part:
-    """One alert batch record of a sink batch, and what became of its alerts."""
+    """One alert batch record, the alerts of it to hand to the sink, and what became of them."""
 
     event: RawEvent
     batch: AlertBatch
@@ -47,10 +47,10 @@ class Delivery:
 
     Guarantee: an alert id recorded in ``sent`` (changelog-backed, partitioned like the
     alerts) is never handed to the sink again, whatever is replayed. An alert is recorded
-    only after the sink accepted it, and the record is written after each sink batch,
+    only after the sink accepted it, and the record is written after each alert batch,
     before the next one is handed over; so the one window for a duplicate is a worker
-    dying between the sink's acceptance and that record: at most one sink batch
-    (``batch_size`` alerts). Retryable failures are retried with backoff up to
+    dying between the sink's acceptance and that record: at most one alert batch (which
+    the matcher cut to the sink batch size). Retryable failures are retried with backoff up to
     ``max_attempts``; permanent ones, and those that ran out of attempts, go to
     dead-letters, one per alert. Nothing is dropped.
     """
@@ -64,7 +64,6 @@ class Delivery:
         bulk: BulkProducer,
         dead_letters: DeadLetters,
         max_attempts: int,
-        batch_size: int,
         metrics: PipelineMetrics,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -75,7 +74,6 @@ class Delivery:
         self._bulk = bulk
         self._dead_letters = dead_letters
         self._max_attempts = max_attempts
-        self._batch_size = batch_size
         self._sleep = sleep
         self.stage = f"delivery:{sink.name}"
         self._ready = False
@@ -94,22 +92,12 @@ class Delivery:
             await self._sink.close()
             log.info("sink.closed", sink=self._sink.name)
 
-    async def process(self, events: Sequence[RawEvent]) -> None:
-        """Deliver the alert batches of ``events``, in sink batches of at most ``batch_size``."""
+    async def process(self, event: RawEvent) -> None:
+        """Deliver the alert batch of one record of the alerts topic as one sink batch."""
         await self._setup_once()
-        parts: list[_Part] = []
-        size = 0
-        for event in events:
-            part = await self._read(event)
-            if part is None:
-                continue
-            if parts and size + len(part.alerts) > self._batch_size:
-                await self._deliver(parts)
-                parts, size = [], 0
-            parts.append(part)
-            size += len(part.alerts)
-        if parts:
-            await self._deliver(parts)
+        part = await self._read(event)
+        if part is not None:
+            await self._deliver(part)
 
     async def _read(self, event: RawEvent) -> _Part | None:
         try:
@@ -127,14 +115,14 @@ class Delivery:
                 part.alerts.append(alert)
         return part
 
-    async def _deliver(self, parts: list[_Part]) -> None:
-        pending = {alert.alert_id: (alert, part) for part in parts for alert in part.alerts}
+    async def _deliver(self, part: _Part) -> None:
+        pending = {alert.alert_id: alert for alert in part.alerts}
         attempt = 0
         while pending:
             attempt += 1
-            outcomes, retry_after = await self._attempt([a for a, _ in pending.values()])
-            retry: dict[str, tuple[Alert, _Part]] = {}
-            for alert_id, (alert, part) in pending.items():
+            outcomes, retry_after = await self._attempt(list(pending.values()))
+            retry: dict[str, Alert] = {}
+            for alert_id, alert in pending.items():
                 outcome = outcomes.get(alert_id)
                 if outcome is not None and outcome.accepted:
                     kind = DeliveryOutcome.DUPLICATE if outcome.duplicate else DeliveryOutcome.ACCEPTED
@@ -146,7 +134,7 @@ class Delivery:
                     error = f"gave up after {attempt} attempts: {outcome.error if outcome else 'no outcome'}"
                     part.outcomes.append((alert, DeliveryOutcome.DEAD_LETTERED, attempt, None, error))
                 else:
-                    retry[alert_id] = (alert, part)
+                    retry[alert_id] = alert
                     if outcome is not None and outcome.retry_after is not None:
                         retry_after = max(retry_after or 0.0, outcome.retry_after)
             pending = retry
@@ -161,8 +149,7 @@ class Delivery:
                     delay=round(delay, 3),
                 )
                 await self._sleep(delay)
-        for part in parts:
-            await self._record(part)
+        await self._record(part)
 
     async def _attempt(self, alerts: list[Alert]) -> tuple[dict[str, SinkOutcome], float | None]:
         try:
