@@ -7,8 +7,9 @@ per-person slots (the greeting, the "why you got this" sentence, and the subscri
 the unsubscribe instructions or, with signed links, the person's unsubscribe URL).
 :func:`render_personal` renders one person's slot
 values, in plain text and in escaped HTML; :func:`fill` puts them in. :func:`render_alert`
-is exactly that composition, so a sink that renders per person (the outbox, SMTP) and one
-that lets the provider fill the slots (SendGrid's substitutions) send the same email.
+is exactly that composition: the reference every sink is held to. Sinks that send whole
+messages (the outbox, SMTP) build them with :mod:`connectors.mime` from a template of the
+shared part, and SendGrid fills the slots itself from the substitutions: the same email.
 """
 
 from __future__ import annotations
