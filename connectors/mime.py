@@ -53,25 +53,39 @@ class _Body:
 
     runs: tuple[str | tuple[str, ...], ...]
     """Lines without a slot, quoted-printable already; lines with one, cut at the slots."""
+    open_end: bool
+    """The last line has a slot and no line end: whether it needs one is known once filled."""
 
     @classmethod
     def of(cls, text: str) -> _Body:
-        # The line end before a boundary belongs to the boundary: keep the body's own last one.
-        body = text if text.endswith("\n") else text + "\n"
+        lines = text.split("\n")
+        last = lines.pop()  # "" when the text ends with a line end
+        open_end = PLACEHOLDER_MARK in last
+        # The line end before a boundary belongs to the boundary: the body keeps its own last
+        # one, added here unless a slot's value may bring it.
+        pieces = [line + "\n" for line in lines]
+        if last or not lines:  # a text without a line end, the empty one included
+            pieces.append(last if open_end else last + "\n")
         runs: list[tuple[bool, str]] = []
-        for line in body.split("\n")[:-1]:
-            slotted = PLACEHOLDER_MARK in line
+        for piece in pieces:
+            slotted = PLACEHOLDER_MARK in piece
             if runs and runs[-1][0] == slotted:
-                runs[-1] = (slotted, runs[-1][1] + line + "\n")
+                runs[-1] = (slotted, runs[-1][1] + piece)
             else:
-                runs.append((slotted, line + "\n"))
+                runs.append((slotted, piece))
         return cls(
-            runs=tuple(split_slots(run) if slotted else _quoted_printable(run) for slotted, run in runs)
+            runs=tuple(split_slots(run) if slotted else _quoted_printable(run) for slotted, run in runs),
+            open_end=open_end,
         )
 
     def render(self, values: dict[str, str]) -> str:
+        texts = [run if isinstance(run, str) else fill_split(run, values) for run in self.runs]
+        # Every run before the last ends with a line end; an empty last value leaves it there.
+        if self.open_end and not texts[-1].endswith("\n") and (texts[-1] or len(texts) == 1):
+            texts[-1] += "\n"
         return "".join(
-            run if isinstance(run, str) else _quoted_printable(fill_split(run, values)) for run in self.runs
+            text if isinstance(run, str) else _quoted_printable(text)
+            for run, text in zip(self.runs, texts, strict=True)
         )
 
 

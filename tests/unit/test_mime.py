@@ -6,6 +6,7 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -101,3 +102,18 @@ def test_every_shipped_template_encodes_the_same_line_by_line() -> None:
             assert _Body.of(body).render(values) == _quoted_printable(
                 filled if filled.endswith("\n") else filled + "\n"
             )
+
+
+@pytest.mark.parametrize("layout", ["{t}", "{t}\n", "x\n{t}", "x\n{t}\n{t}", "{t}{t}", "", "\n\n", "a {t} b"])
+@pytest.mark.parametrize("value", ["", "\n", "trailing ", "two\n\n"])
+def test_the_last_line_end_is_the_one_the_whole_body_would_get(layout: str, value: str) -> None:
+    # A slot on the last line, without a line end after it: whether the body ends with one
+    # is known only once the value is in (found by the property test above).
+    from connectors.mime import _Body, _quoted_printable
+    from connectors.rendering import PersonalParts, fill
+
+    token = PersonalParts.placeholders["why_text"]
+    shared = layout.format(t=token)
+    whole = fill(shared, {token: value})
+    expected = _quoted_printable(whole if whole.endswith("\n") else whole + "\n")
+    assert _Body.of(shared).render({token: value}) == expected
