@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +55,6 @@ class Pipeline:
     subscribers: PartitionedTable
     seen: PartitionedTable
     sent: PartitionedTable
-    sent_alerts: SentAlerts
     metrics: PipelineMetrics
     readiness: Readiness
 
@@ -189,9 +187,6 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.subscriptions}
         built = shards.assign(owned, subscribers.items())
         sent_known = sent_alerts.load(sent.items())
-        # The shards are long-lived and acyclic: keep the cyclic collector from walking
-        # them again and again while a fan-out allocates per person (it dominated latency).
-        gc.freeze()
         readiness.partitions = frozenset(owned)
         readiness.shards_loaded = True
         log.info(
@@ -221,7 +216,6 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         subscribers=subscribers,
         seen=seen,
         sent=sent,
-        sent_alerts=sent_alerts,
         metrics=metrics,
         readiness=readiness,
     )
