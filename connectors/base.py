@@ -1,37 +1,53 @@
-"""The connector API: a Sink takes alerts and delivers them somewhere."""
+"""The connector API: a Connector has a Config model; a Sink delivers records somewhere.
+
+Sources (which produce events) are in :mod:`connectors.source`. The framework around a
+connector (:mod:`connectors.runtime` for connectors declared in a file, the pipeline's
+delivery stage for the email sinks) does the batching, retries with backoff, dead letters
+and metrics, so a connector only says what it did with each record.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas import Alert
+__all__ = ["Connector", "ConnectorConfig", "Sink", "SinkConfig", "SinkOutcome", "describe_config"]
 
-__all__ = ["Sink", "SinkConfig", "SinkOutcome"]
+
+class ConnectorConfig(BaseModel):
+    """Base of the settings of a connector declared in a connectors file.
+
+    Unknown settings are errors (a typo must not pass silently); secrets are ``SecretStr``
+    fields, given in the file as ``${ENV_VAR}`` so that they stay out of it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class SinkConfig(BaseSettings):
-    """Base of every sink's settings: read from ``MOBILISE_*`` environment variables."""
+    """Base of the settings of the email sinks: read from ``MOBILISE_*`` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="MOBILISE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="MOBILISE_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
 
 class SinkOutcome(BaseModel):
-    """What a sink did with one alert of a batch.
+    """What a sink did with one record of a batch.
 
     Exactly one of: accepted (``accepted=True``), a temporary failure (``retryable=True``,
-    the framework tries again with backoff) or a permanent failure (the alert goes to
+    the framework tries again with backoff) or a permanent failure (the record goes to
     dead-letters with ``error``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    alert_id: str
-    """The alert this outcome is about."""
+    record_id: str
+    """The record this outcome is about (:meth:`Sink.record_id` of it; an alert's alert_id)."""
     accepted: bool
     """The destination took it."""
     provider_message_id: str | None = None
@@ -46,22 +62,21 @@ class SinkOutcome(BaseModel):
     """What went wrong, for failures."""
 
 
-ConfigT = TypeVar("ConfigT", bound=SinkConfig)
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+RecordT = TypeVar("RecordT", bound=BaseModel)
 
 
-class Sink(ABC, Generic[ConfigT]):
-    """A destination for alerts.
+class Connector(ABC, Generic[ConfigT]):
+    """What every connector is: a name, a Config model, and setup / close hooks.
 
-    Subclasses set ``Config`` (their settings model) and implement :meth:`deliver`.
-    The constructor does no I/O; :meth:`setup` opens clients and :meth:`close` releases
-    them. The delivery stage around a sink records every accepted alert id and never
-    hands the sink an alert it already accepted, so a sink that is itself idempotent by
-    alert id (as the outbox is) delivers each alert exactly once; one that is not can
-    duplicate only the batch in flight when a worker dies.
+    Subclasses set ``Config``. The constructor does no I/O; :meth:`setup` opens clients
+    and :meth:`close` releases them. The class docstring states the delivery guarantee.
     """
 
     name: ClassVar[str]
-    Config: ClassVar[type[SinkConfig]]
+    """The connector's type name, the same as its entry point's."""
+    Config: ClassVar[type[BaseModel]]
+    """Its settings model."""
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config
@@ -69,14 +84,53 @@ class Sink(ABC, Generic[ConfigT]):
     async def setup(self) -> None:  # optional hook, empty by default
         """Open clients, create directories: anything that may fail belongs here."""
 
-    @abstractmethod
-    async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
-        """Deliver a batch and say what became of each alert, in any order.
-
-        Raise :class:`mobilise.errors.RetryableError` when the whole batch failed for a
-        temporary reason; return per-alert outcomes otherwise. An alert missing from the
-        outcomes counts as a retryable failure.
-        """
-
     async def close(self) -> None:  # optional hook, empty by default
         """Release what :meth:`setup` opened."""
+
+
+class Sink(Connector[ConfigT], Generic[ConfigT, RecordT]):
+    """A destination for the records of one topic.
+
+    ``accepts`` is the record model the sink takes; a sink may be declared on any topic
+    whose records are of that model (``BaseModel``: any topic). The framework around it
+    never hands a sink a record it already accepted when it keeps sent records (the
+    delivery stage does, by alert id), and hands records again after a crash otherwise
+    (at least once); a sink that passes :meth:`record_id` on to its destination as an
+    idempotency key lets the destination drop those repeats.
+    """
+
+    accepts: ClassVar[type[BaseModel]] = BaseModel
+    """The model of the records this sink takes."""
+
+    def record_id(self, record: RecordT) -> str:
+        """The deterministic id of ``record``, the key of its :class:`SinkOutcome`."""
+        from .records import record_id
+
+        return record_id(record)
+
+    @abstractmethod
+    async def deliver(self, records: Sequence[RecordT]) -> Sequence[SinkOutcome]:
+        """Deliver a batch and say what became of each record, in any order.
+
+        Raise :class:`mobilise.errors.RetryableError` when the whole batch failed for a
+        temporary reason; return per-record outcomes otherwise. A record missing from
+        the outcomes counts as a retryable failure.
+        """
+
+
+def describe_config(config_class: type[BaseModel]) -> list[dict[str, Any]]:
+    """The settings of a Config model: name, type, required, default, description."""
+    rows = []
+    for field_name, info in config_class.model_fields.items():
+        annotation = info.annotation
+        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        rows.append(
+            {
+                "name": field_name,
+                "type": type_name,
+                "required": info.is_required(),
+                "default": None if info.is_required() else info.get_default(call_default_factory=True),
+                "description": info.description or "",
+            }
+        )
+    return rows

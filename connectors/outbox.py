@@ -32,7 +32,7 @@ class OutboxConfig(EmailSinkConfig):
     """Directory that receives one ``<alert_id>.eml`` file per alert."""
 
 
-class OutboxSink(Sink[OutboxConfig]):
+class OutboxSink(Sink[OutboxConfig, Alert]):
     """Writes each alert to ``<outbox_dir>/<alert_id>.eml``.
 
     Delivery guarantee: exactly once per alert id. A file is written under a temporary
@@ -42,6 +42,7 @@ class OutboxSink(Sink[OutboxConfig]):
     """
 
     name = "outbox"
+    accepts = Alert
     Config = OutboxConfig
 
     async def setup(self) -> None:
@@ -81,17 +82,17 @@ class OutboxSink(Sink[OutboxConfig]):
         except (jinja2.TemplateError, ValueError) as exc:
             # The same alert will fail the same way every time: a permanent failure.
             return SinkOutcome.model_construct(
-                alert_id=alert.alert_id, accepted=False, retryable=False, error=f"cannot render: {exc!r}"
+                record_id=alert.alert_id, accepted=False, retryable=False, error=f"cannot render: {exc!r}"
             )
         try:
             duplicate = self._write(name, message)
         except OSError as exc:
             return SinkOutcome.model_construct(
-                alert_id=alert.alert_id, accepted=False, retryable=True, error=f"cannot write: {exc}"
+                record_id=alert.alert_id, accepted=False, retryable=True, error=f"cannot write: {exc}"
             )
         # One per alert, from known-good values: constructed without validating again.
         return SinkOutcome.model_construct(
-            alert_id=alert.alert_id, accepted=True, duplicate=duplicate, provider_message_id=name
+            record_id=alert.alert_id, accepted=True, duplicate=duplicate, provider_message_id=name
         )
 
     def _write(self, name: str, message: bytes) -> bool:

@@ -320,7 +320,7 @@ def plan_requests(
 
 def _cannot_render(alert: Alert, exc: Exception) -> SinkOutcome:
     # The same alert fails the same way every time: a permanent failure.
-    return SinkOutcome(alert_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
+    return SinkOutcome(record_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
 
 
 def _describe_errors(body: str) -> tuple[str, frozenset[int]]:
@@ -405,7 +405,7 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class SendGridSink(Sink[SendGridConfig]):
+class SendGridSink(Sink[SendGridConfig, Alert]):
     """Sends alerts through SendGrid's v3 Mail Send API.
 
     Delivery guarantee: at least once, with duplicates bounded by one delivery batch. The
@@ -428,6 +428,7 @@ class SendGridSink(Sink[SendGridConfig]):
     """
 
     name = "sendgrid"
+    accepts = Alert
     Config = SendGridConfig
 
     def __init__(
@@ -488,7 +489,7 @@ class SendGridSink(Sink[SendGridConfig]):
             if halted is not None:
                 outcomes.extend(
                     SinkOutcome(
-                        alert_id=alert_id,
+                        record_id=alert_id,
                         accepted=False,
                         retryable=True,
                         retry_after=halted.retry_after,
@@ -541,14 +542,14 @@ def _outcomes(request: MailRequest, verdict: Verdict) -> list[SinkOutcome]:
         return [
             # One per person of a 1,000-person request, from values known good: not re-validated.
             SinkOutcome.model_construct(
-                alert_id=alert_id, accepted=True, provider_message_id=verdict.message_id
+                record_id=alert_id, accepted=True, provider_message_id=verdict.message_id
             )
             for alert_id in request.alert_ids
         ]
     if verdict.kind == "retryable":
         return [
             SinkOutcome(
-                alert_id=alert_id,
+                record_id=alert_id,
                 accepted=False,
                 retryable=True,
                 retry_after=verdict.retry_after,
@@ -559,10 +560,10 @@ def _outcomes(request: MailRequest, verdict: Verdict) -> list[SinkOutcome]:
     if verdict.culprits and max(verdict.culprits) < len(request.alert_ids):
         # SendGrid refuses a request as a whole, so the others were not sent: try them again.
         return [
-            SinkOutcome(alert_id=alert_id, accepted=False, error=verdict.error)
+            SinkOutcome(record_id=alert_id, accepted=False, error=verdict.error)
             if index in verdict.culprits
             else SinkOutcome(
-                alert_id=alert_id,
+                record_id=alert_id,
                 accepted=False,
                 retryable=True,
                 error=f"not sent, SendGrid refused another personalization of the request: {verdict.error}",
@@ -570,7 +571,7 @@ def _outcomes(request: MailRequest, verdict: Verdict) -> list[SinkOutcome]:
             for index, alert_id in enumerate(request.alert_ids)
         ]
     return [
-        SinkOutcome(alert_id=alert_id, accepted=False, error=verdict.error) for alert_id in request.alert_ids
+        SinkOutcome(record_id=alert_id, accepted=False, error=verdict.error) for alert_id in request.alert_ids
     ]
 
 

@@ -96,7 +96,7 @@ class _AuthFailed(Exception):
     """The server refused our credentials, or wants some we do not have."""
 
 
-class SmtpSink(Sink[SmtpConfig]):
+class SmtpSink(Sink[SmtpConfig, Alert]):
     """Sends each alert as its own message through an SMTP server.
 
     Delivery guarantee: at least once, from the SMTP server's point of view. The framework
@@ -115,6 +115,7 @@ class SmtpSink(Sink[SmtpConfig]):
     """
 
     name = "smtp"
+    accepts = Alert
     Config = SmtpConfig
 
     def __init__(self, config: SmtpConfig) -> None:
@@ -185,7 +186,7 @@ class SmtpSink(Sink[SmtpConfig]):
             return alert_message(alert, self._identity)
         except (jinja2.TemplateError, ValueError) as exc:
             # The same alert fails the same way every time: a permanent failure.
-            return SinkOutcome(alert_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
+            return SinkOutcome(record_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -242,7 +243,7 @@ class SmtpSink(Sink[SmtpConfig]):
         except (aiosmtplib.SMTPNotSupported, ValueError) as exc:
             # An address this server cannot take (e.g. non-ASCII without SMTPUTF8): it won't later.
             return SinkOutcome(
-                alert_id=alert.alert_id, accepted=False, error=f"cannot send over SMTP: {_redact(str(exc))}"
+                record_id=alert.alert_id, accepted=False, error=f"cannot send over SMTP: {_redact(str(exc))}"
             )
         except (aiosmtplib.SMTPException, OSError) as exc:
             # Disconnected or timed out, maybe after the server took the message: the state of
@@ -251,7 +252,7 @@ class SmtpSink(Sink[SmtpConfig]):
             raise _Unavailable(
                 _report_unavailable(self.config, "connection failed while sending", exc)
             ) from exc
-        return SinkOutcome(alert_id=alert.alert_id, accepted=True, provider_message_id=message["Message-ID"])
+        return SinkOutcome(record_id=alert.alert_id, accepted=True, provider_message_id=message["Message-ID"])
 
     def _refused(self, alert: Alert, code: int, text: str, what: str) -> SinkOutcome:
         permanent = code >= 500
@@ -263,7 +264,7 @@ class SmtpSink(Sink[SmtpConfig]):
             code=code,
             permanent=permanent,
         )
-        return SinkOutcome(alert_id=alert.alert_id, accepted=False, retryable=not permanent, error=error)
+        return SinkOutcome(record_id=alert.alert_id, accepted=False, retryable=not permanent, error=error)
 
     # -- the connection --------------------------------------------------------------------
 
@@ -378,7 +379,7 @@ def _all_retryable(
         message
         if isinstance(message, SinkOutcome)
         else SinkOutcome(
-            alert_id=alert.alert_id, accepted=False, retryable=True, retry_after=retry_after, error=error
+            record_id=alert.alert_id, accepted=False, retryable=True, retry_after=retry_after, error=error
         )
         for alert, message in rest
     ]

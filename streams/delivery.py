@@ -10,14 +10,13 @@ from datetime import UTC, datetime
 import structlog
 from pydantic import ValidationError
 
-from connectors.base import Sink, SinkOutcome
-from mobilise.errors import RetryableError
+from connectors.attempts import deliver_with_retries
+from connectors.base import Sink
 from schemas import Alert, AlertBatch, DeliveryEvent, DeliveryOutcome
 
 from .bulk import BulkProducer
 from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
-from .retry import backoff_delay
 from .sent import SentAlerts
 
 __all__ = ["Delivery"]
@@ -116,48 +115,25 @@ class Delivery:
         return part
 
     async def _deliver(self, part: _Part) -> None:
-        pending = {alert.alert_id: alert for alert in part.alerts}
-        attempt = 0
-        while pending:
-            attempt += 1
-            outcomes, retry_after = await self._attempt(list(pending.values()))
-            retry: dict[str, Alert] = {}
-            for alert_id, alert in pending.items():
-                outcome = outcomes.get(alert_id)
-                if outcome is not None and outcome.accepted:
-                    kind = DeliveryOutcome.DUPLICATE if outcome.duplicate else DeliveryOutcome.ACCEPTED
-                    part.outcomes.append((alert, kind, attempt, outcome.provider_message_id, None))
-                elif outcome is not None and not outcome.retryable:
-                    error = outcome.error or "rejected by the sink"
-                    part.outcomes.append((alert, DeliveryOutcome.DEAD_LETTERED, attempt, None, error))
-                elif attempt >= self._max_attempts:
-                    error = f"gave up after {attempt} attempts: {outcome.error if outcome else 'no outcome'}"
-                    part.outcomes.append((alert, DeliveryOutcome.DEAD_LETTERED, attempt, None, error))
-                else:
-                    retry[alert_id] = alert
-                    if outcome is not None and outcome.retry_after is not None:
-                        retry_after = max(retry_after or 0.0, outcome.retry_after)
-            pending = retry
-            if pending:
-                self._metrics.deliveries.labels(self._sink.name, "failed").inc(len(pending))
-                delay = backoff_delay(attempt, retry_after=retry_after)
-                log.warning(
-                    "delivery.retrying",
-                    sink=self._sink.name,
-                    alerts=len(pending),
-                    attempt=attempt,
-                    delay=round(delay, 3),
-                )
-                await self._sleep(delay)
-        await self._record(part)
+        def count_retries(records: int) -> None:
+            self._metrics.deliveries.labels(self._sink.name, "failed").inc(records)
 
-    async def _attempt(self, alerts: list[Alert]) -> tuple[dict[str, SinkOutcome], float | None]:
-        try:
-            outcomes = await self._sink.deliver(alerts)
-        except RetryableError as exc:
-            log.warning("delivery.batch_failed", sink=self._sink.name, alerts=len(alerts), error=str(exc))
-            return {}, exc.retry_after
-        return {o.alert_id: o for o in outcomes}, None
+        settled = await deliver_with_retries(
+            self._sink,
+            part.alerts,
+            max_attempts=self._max_attempts,
+            sleep=self._sleep,
+            on_retry=count_retries,
+        )
+        for done in settled:
+            if done.accepted:
+                kind = DeliveryOutcome.DUPLICATE if done.duplicate else DeliveryOutcome.ACCEPTED
+                part.outcomes.append((done.record, kind, done.attempts, done.provider_message_id, None))
+            else:
+                part.outcomes.append(
+                    (done.record, DeliveryOutcome.DEAD_LETTERED, done.attempts, None, done.error)
+                )
+        await self._record(part)
 
     async def _record(self, part: _Part) -> None:
         """Record what became of ``part``'s alerts: sent ids, dead letters, delivery events."""

@@ -57,8 +57,14 @@ def run_worker(settings: Settings, observe: Callable[[Pipeline], None] | None = 
 
 def _sink_config(sink_class: type[Sink]) -> SinkConfig:  # type: ignore[type-arg]  # any sink
     """The sink's settings from the environment, or an error naming each wrong variable."""
+    if not issubclass(sink_class.Config, SinkConfig):
+        raise ConfigurationError(
+            f"the {sink_class.name} connector takes its settings from a connectors file, not from "
+            f"MOBILISE_ variables: choose an email sink for MOBILISE_SINK, and declare "
+            f"{sink_class.name} in MOBILISE_CONNECTORS_FILE"
+        )
     try:
-        return sink_class.Config()
+        config = sink_class.Config()
     except ValidationError as exc:
         problems = [
             f"MOBILISE_{str(error['loc'][0]).upper() if error['loc'] else '?'}: {error['msg']}"
@@ -66,3 +72,4 @@ def _sink_config(sink_class: type[Sink]) -> SinkConfig:  # type: ignore[type-arg
         ]
         message = f"invalid settings for the {sink_class.name} sink: " + "; ".join(problems)
         raise ConfigurationError(message) from exc
+    return config

@@ -152,7 +152,7 @@ async def deliver_like_the_framework(
     attempts = 0
     while pending and attempts < max_attempts:
         attempts += 1
-        outcomes = {o.alert_id: o for o in await sink.deliver(list(pending.values()))}
+        outcomes = {o.record_id: o for o in await sink.deliver(list(pending.values()))}
         wait = 0.0
         for alert_id in list(pending):
             outcome = outcomes[alert_id]
@@ -308,7 +308,7 @@ def test_rate_limited_then_accepted_loses_nothing_and_duplicates_nothing() -> No
     async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
         fake.script(PASS, RateLimited(reset_in=7))
         with capture_logs() as logs:
-            first = {o.alert_id: o for o in await sink.deliver(alerts)}
+            first = {o.record_id: o for o in await sink.deliver(alerts)}
         # The first request went through; the 429 stopped the batch: the third was not sent.
         assert fake.statuses() == [202, 429]
         accepted = [o for o in first.values() if o.accepted]
@@ -319,7 +319,7 @@ def test_rate_limited_then_accepted_loses_nothing_and_duplicates_nothing() -> No
 
         await time.sleep(7)  # the framework waits at least retry_after
         final, attempts = await deliver_like_the_framework(
-            sink, [a for a in alerts if a.alert_id not in {o.alert_id for o in accepted}], time
+            sink, [a for a in alerts if a.alert_id not in {o.record_id for o in accepted}], time
         )
         assert attempts == 1 and all(o.accepted for o in final.values())
         assert fake.statuses() == [202, 429, 202, 202]
@@ -356,7 +356,7 @@ def test_a_refused_request_fails_only_its_own_alerts() -> None:
         refused = [o for o in outcomes if not o.accepted]
         assert len(refused) == 1000 and not any(o.retryable for o in refused)
         assert all("(400): content: The content value must be a string" in (o.error or "") for o in refused)
-        assert {o.alert_id for o in refused} == {a.alert_id for a in alerts[1000:2000]}
+        assert {o.record_id for o in refused} == {a.alert_id for a in alerts[1000:2000]}
         assert sum(o.accepted for o in outcomes) == 1500 and len(fake.accepted) == 2
         assert [e["status"] for e in logs if e["event"] == "sendgrid.rejected"] == [400]
 

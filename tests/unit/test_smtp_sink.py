@@ -353,7 +353,7 @@ def make_alerts(count: int, case: CaseUpdate | None = None, language: str = "en"
 
 
 def by_id(outcomes: Any) -> dict[str, SinkOutcome]:
-    return {o.alert_id: o for o in outcomes}
+    return {o.record_id: o for o in outcomes}
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -621,7 +621,7 @@ def test_an_alert_given_twice_in_a_batch_is_sent_once(
             await sink.close()
 
     outcomes = asyncio.run(scenario())
-    assert [o.alert_id for o in outcomes] == [alert.alert_id] and outcomes[0].accepted
+    assert [o.record_id for o in outcomes] == [alert.alert_id] and outcomes[0].accepted
     assert len(starttls.mailbox.messages) == 1
 
 
