@@ -38,10 +38,26 @@ class TopicKind:
     """The model a sink receives from it (for alerts: one per person of an alert batch)."""
     read: Callable[[bytes | None], list[BaseModel]]
     """Bytes of one record → its models; raises ``ValidationError`` when they are invalid."""
+    isolate: Callable[[bytes | None, bytes | None, BaseModel], tuple[bytes | None, bytes | None]] | None = (
+        None
+    )
+    """(key, value, model) of a record → the key and value of a record of that model alone.
+
+    For a dead letter of one model of a record that holds many (an alert batch), so that a
+    replay reaches only that one.
+    """
 
 
 def _read_alerts(value: bytes | None) -> list[BaseModel]:
     return list(read_model(AlertBatch, value).alerts())
+
+
+def _isolate_alert(
+    key: bytes | None, value: bytes | None, model: BaseModel
+) -> tuple[bytes | None, bytes | None]:
+    assert isinstance(model, Alert)
+    alone = read_model(AlertBatch, value).only(frozenset({model.alert_id}))
+    return model.subscriber_id.encode("utf-8"), alone.model_dump_json().encode("utf-8")
 
 
 def _read_subscriptions(value: bytes | None) -> list[BaseModel]:
@@ -61,7 +77,7 @@ SINK_TOPICS: dict[str, TopicKind] = {
     for kind in (
         TopicKind("case-updates", CaseUpdate, _reader(CaseUpdate)),
         TopicKind("subscriptions", BaseModel, _read_subscriptions),
-        TopicKind("alerts", Alert, _read_alerts),
+        TopicKind("alerts", Alert, _read_alerts, _isolate_alert),
         TopicKind("deliveries", DeliveryEvent, _reader(DeliveryEvent)),
         TopicKind("dead-letters", DeadLetter, _reader(DeadLetter)),
     )

@@ -359,6 +359,69 @@ def status(as_json: bool) -> None:
     click.echo(report.model_dump_json(indent=2) if as_json else format_status(report))
 
 
+@main.group()
+def connectors() -> None:
+    """Sources and sinks beyond the pipeline's own: list the installed ones, check a file, run it."""
+
+
+@connectors.command("list")
+def connectors_list() -> None:
+    """Every installed connector type, what it reads or writes, and its settings."""
+    from .connector_ops import describe_installed
+
+    click.echo("\n".join(describe_installed()).rstrip())
+
+
+@connectors.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@_friendly
+def connectors_check(file: Path) -> None:
+    """Validate a connectors file; every bad field is named (exit 2 when any is)."""
+    from connectors.declarations import load_connectors
+
+    loaded = load_connectors(file)
+    for connector in loaded:
+        declaration = connector.declaration
+        click.echo(f"ok  {declaration.name}: {declaration.type} on {declaration.topic}")
+    click.echo(f"{file}: {len(loaded)} connector(s), all valid")
+
+
+@connectors.command("run")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--metrics-port", type=int, default=None, help="Serve /metrics and /health on this port.")
+@_friendly
+def connectors_run(file: Path, metrics_port: int | None) -> None:
+    """Run the connectors of FILE until Ctrl-C, or until all have ended (exit 1 if one failed)."""
+    from streams.admin import create_topics
+    from streams.topics import TopicNames, topic_specs
+
+    from .connector_ops import run_connectors
+
+    settings = _settings()
+    names = TopicNames(prefix=settings.topic_prefix)
+    create_topics(
+        settings.bootstrap_servers, topic_specs(names, settings.partitions), settings.replication_factor
+    )
+    statuses = run_connectors(settings, file, metrics_port=metrics_port)
+    failed = [s for s in statuses.values() if s.state == "failed"]
+    for status in statuses.values():
+        why = f": {status.last_error}" if status.state == "failed" else ""
+        click.echo(f"{status.name}: {status.state}{why}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+@connectors.command("reset")
+@click.argument("name")
+@_friendly
+def connectors_reset(name: str) -> None:
+    """Forget where source NAME is up to, so that its next run starts from the beginning."""
+    from .connector_ops import reset_checkpoint
+
+    reset_checkpoint(_settings(), name)
+    click.echo(f"{name}: checkpoint reset")
+
+
 @main.group("dead-letters")
 def dead_letters() -> None:
     """Inspect the records the pipeline could not process, and replay them after a fix."""

@@ -47,6 +47,8 @@ class Settings(LinkSettings):
     """Replication factor of created topics (3 on a production cluster)."""
     sink: str = "outbox"
     """Name of the sink connector that delivers alerts."""
+    connectors_file: Path | None = None
+    """A connectors file (see ``mobilise connectors check``) whose connectors the worker runs too."""
     delivery_batch_size: int = Field(default=1000, ge=1, le=10_000)
     """Most alerts handed to the sink at once: the matcher cuts alert batches to this size,
     and each is delivered as one sink batch. 1,000 is SendGrid's most per request."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,9 @@ import structlog
 from aiohttp import web
 
 from connectors.base import Sink
+from connectors.declarations import load_connectors
+from connectors.metrics import ConnectorMetrics
+from connectors.runtime import ConnectorRuntime
 from mobilise.kafka_security import kafka_security
 from mobilise.settings import Settings
 
@@ -159,6 +163,22 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
             port = runner.addresses[0][1] if runner.addresses else settings.health_port
             log.info("health.serving", url=f"http://{settings.health_host}:{port}")
 
+    connectors_stopping = asyncio.Event()
+    if settings.connectors_file is not None:
+        # Loaded here so that a wrong file stops the worker at start, naming the fields.
+        declared = load_connectors(settings.connectors_file)
+        connector_runtime = ConnectorRuntime(
+            declared,
+            bootstrap=settings.bootstrap_servers,
+            names=names,
+            metrics=ConnectorMetrics(metrics.registry),
+            client_options=kafka_security().client_options(),
+        )
+
+        @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+        async def _run_connectors() -> None:
+            await connector_runtime.run(connectors_stopping)
+
     @app.agent(case_updates, name="fanout")
     async def _fanout(stream: Any) -> None:
         async for event in stream.events():
@@ -205,6 +225,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # as above
     async def _close_sink(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         # After the consumer stopped, so no batch is in the sink while it closes.
+        connectors_stopping.set()
         await delivery.close()
         for runner in runners:
             await runner.cleanup()

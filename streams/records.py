@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from typing import TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import faust
 import structlog
@@ -15,7 +15,15 @@ from schemas._base import Event
 
 from .metrics import PipelineMetrics
 
-__all__ = ["DeadLetters", "RawEvent", "field_errors", "read_model"]
+__all__ = [
+    "DeadLetters",
+    "RawEvent",
+    "dead_letter",
+    "dead_letter_of",
+    "field_errors",
+    "read_model",
+    "summarise",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +60,82 @@ def read_model(model: type[M], value: bytes | None) -> M:
     return model.model_validate_json(value if value is not None else b"null")
 
 
+def dead_letter(
+    *,
+    stage: str,
+    reason: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    errors: tuple[FieldError, ...] = (),
+) -> DeadLetter:
+    """A dead letter of the record ``key``/``value`` read at ``topic[partition]@offset``, kept byte for byte.
+
+    A record that never was on a topic (one a source connector could not validate) has
+    partition and offset -1 and the topic it was meant for.
+    """
+    return DeadLetter(
+        stage=stage,
+        reason=reason,
+        errors=errors,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=base64.b64encode(key) if key is not None else None,
+        value=base64.b64encode(value) if value is not None else None,
+        at=datetime.now(UTC),
+    )
+
+
+class _Read(Protocol):
+    """A record as read: faust's and aiokafka's messages both have these."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Any
+    value: Any
+
+
+def dead_letter_of(
+    message: _Read,
+    *,
+    stage: str,
+    reason: str,
+    errors: tuple[FieldError, ...] = (),
+    key: bytes | None = None,
+    value: bytes | None = None,
+) -> DeadLetter:
+    """The dead letter of ``message`` (or of ``key`` and ``value`` in its place), logged.
+
+    The original key and value travel byte for byte, with the topic, partition and
+    offset, so the record can be found, fixed and replayed.
+    """
+    raw_key = key if key is not None else message.key if isinstance(message.key, bytes) else None
+    raw_value = value if value is not None else message.value
+    letter = dead_letter(
+        stage=stage,
+        reason=reason,
+        errors=errors,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=raw_key,
+        value=raw_value if isinstance(raw_value, bytes) else None,
+    )
+    log.warning(
+        "record.dead_lettered",
+        stage=stage,
+        reason=reason,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+    )
+    return letter
+
+
 class DeadLetters:
     """Sends unprocessable records to the dead-letters topic and logs them."""
 
@@ -74,32 +158,13 @@ class DeadLetters:
         The original key and value travel byte for byte, with the topic, partition and
         offset, so the record can be found, fixed and replayed.
         """
-        message = event.message
-        raw_key = key if key is not None else message.key if isinstance(message.key, bytes) else None
-        raw_value = value if value is not None else message.value
-        letter = DeadLetter(
-            stage=stage,
-            reason=reason,
-            errors=errors,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=base64.b64encode(raw_key) if raw_key is not None else None,
-            value=base64.b64encode(raw_value) if isinstance(raw_value, bytes) else None,
-            at=datetime.now(UTC),
+        letter = dead_letter_of(
+            event.message, stage=stage, reason=reason, errors=errors, key=key, value=value
         )
-        future = await self._topic.send(key=raw_key, value=letter.model_dump_json().encode("utf-8"))
+        future = await self._topic.send(key=letter.key, value=letter.model_dump_json().encode("utf-8"))
         await future
         if self._metrics is not None:
             self._metrics.dead_letters.labels(stage).inc()
-        log.warning(
-            "record.dead_lettered",
-            stage=stage,
-            reason=reason,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-        )
 
     async def invalid(self, event: RawEvent, *, stage: str, exc: ValidationError) -> None:
         """Dead-letter a record that failed its schema, naming the fields."""

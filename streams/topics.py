@@ -54,6 +54,11 @@ class TopicNames(BaseModel):
         """Records that could not be processed, with the reason. Key: the original key."""
         return f"{self.prefix}dead-letters"
 
+    @property
+    def connector_checkpoints(self) -> str:
+        """Where each source connector is up to, compacted. Key: the connector's name."""
+        return f"{self.prefix}connector-checkpoints"
+
 
 def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
     """The topics ``mobilise topics create`` makes.
@@ -72,4 +77,6 @@ def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
         TopicSpec(name=names.alerts, partitions=partitions, configs=week),
         TopicSpec(name=names.deliveries, partitions=partitions),
         TopicSpec(name=names.dead_letters, partitions=partitions),
+        # One partition: checkpoints are few, and one partition is read whole at a start.
+        TopicSpec(name=names.connector_checkpoints, partitions=1, configs=compacted),
     ]
