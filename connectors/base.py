@@ -8,6 +8,7 @@ and metrics, so a connector only says what it did with each record.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
@@ -123,7 +124,9 @@ def describe_config(config_class: type[BaseModel]) -> list[dict[str, Any]]:
     rows = []
     for field_name, info in config_class.model_fields.items():
         annotation = info.annotation
-        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        type_name = getattr(annotation, "__name__", None) or re.sub(
+            r"\b(?:\w+\.)+(\w+)", r"\1", str(annotation)
+        )
         rows.append(
             {
                 "name": field_name,

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from connectors.base import Sink, describe_config
+from connectors.base import Sink, SinkConfig, describe_config
 from connectors.declarations import LoadedConnector, load_connectors
 from connectors.metrics import ConnectorMetrics
 from connectors.records import SINK_TOPICS
@@ -50,6 +50,10 @@ def describe_installed() -> list[str]:
         lines.append(f"{name}  {role}  ({target})")
         if summary:
             lines.append(f"    {summary}")
+        if issubclass(cls.Config, SinkConfig):
+            lines.append(
+                "    settings from MOBILISE_<SETTING> environment variables (the pipeline's MOBILISE_SINK)"
+            )
         for row in describe_config(cls.Config):
             need = "required" if row["required"] else f"default {row['default']!r}"
             description = f"  {row['description'].splitlines()[0]}" if row["description"] else ""
