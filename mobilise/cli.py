@@ -236,8 +236,15 @@ def schemas_export(directory: Path) -> None:
 @click.option(
     "--web-port", type=int, default=None, help="Web port (default: 8080 if free, else any free port)."
 )
+@click.option(
+    "--connectors",
+    "connectors_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A connectors file whose connectors run in the worker too.",
+)
 @_friendly
-def dev(demo: bool, port: int | None, web_port: int | None) -> None:
+def dev(demo: bool, port: int | None, web_port: int | None, connectors_file: Path | None) -> None:
     """Run everything locally: embedded broker, topics, web process, worker with the outbox sink.
 
     The emails' unsubscribe links point at the local web process, signed with a key kept
@@ -249,6 +256,11 @@ def dev(demo: bool, port: int | None, web_port: int | None) -> None:
     chosen = port or (9092 if _port_is_free(9092) else free_port())
     web_chosen = web_port or (8080 if _port_is_free(8080) else free_port())
     os.environ.setdefault("MOBILISE_LOG_FORMAT", "console")
+    if connectors_file is not None:
+        from connectors.declarations import load_connectors
+
+        load_connectors(connectors_file)  # a wrong file stops here, before the broker starts
+        os.environ["MOBILISE_CONNECTORS_FILE"] = str(connectors_file.resolve())
     outbox = Path(os.environ.setdefault("MOBILISE_OUTBOX_DIR", "outbox")).resolve()
     _dev_links(web_chosen)
     with EmbeddedBroker(port=chosen) as broker:
