@@ -19,6 +19,7 @@ from connectors.signing import sign
 from mobilise.broker import EmbeddedBroker, free_port
 from schemas import DeadLetter, Subscription
 
+from ..fakes.osdi_server import TOKEN, FakeOsdi
 from ..fakes.webhook_receiver import WebhookReceiver
 from .harness import PipelineHarness, case_update, subscription
 
@@ -201,3 +202,63 @@ def test_a_subscriber_import_run_from_the_cli_finishes_and_a_second_run_adds_not
     second = run()
     assert second.returncode == 0, second.stderr
     assert len(pipeline.read_topic(pipeline.names.subscriptions)) == 2
+
+
+def test_subscribers_move_out_to_an_osdi_server_and_back_into_another_deployment(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    leaving, arriving = PipelineHarness(broker, tmp_path / "a"), PipelineHarness(broker, tmp_path / "b")
+    people = [
+        subscription("ana@example.org", countries=["BD", "KH"], interests=["wages"]),
+        subscription("bo@example.org", worldwide=True, brands=["Zara"], language="es"),
+    ]
+    leaving.subscribe(*people)
+    (tmp_path / "a").mkdir(exist_ok=True)
+    (tmp_path / "b").mkdir(exist_ok=True)
+
+    async def move() -> None:
+        async with FakeOsdi() as crm:
+            export = _declare(
+                tmp_path / "a",
+                "  - name: crm-out\n"
+                "    type: osdi-sink\n"
+                "    topic: subscriptions\n"
+                "    start_from: earliest\n"
+                f"    settings: {{url: '{crm.people_url}', tags_url: '{crm.tags_url}',\n"
+                f"                api_token: {TOKEN}}}\n",
+            )
+            out = ConnectorRuntime(load_connectors(export), bootstrap=[broker.bootstrap], names=leaving.names)
+            await _run_until(out, lambda: len(crm.people) == 2)
+            imported = _declare(
+                tmp_path / "b",
+                "  - name: crm-in\n"
+                "    type: osdi-source\n"
+                "    topic: subscriptions\n"
+                f"    settings: {{url: '{crm.people_url}', api_token: {TOKEN},\n"
+                "                confirmed: true, once: true}\n",
+            )
+            into = ConnectorRuntime(
+                load_connectors(imported), bootstrap=[broker.bootstrap], names=arriving.names
+            )
+            await _run_until(into, lambda: into.statuses["crm-in"].state == "finished")
+            assert into.statuses["crm-in"].state == "finished"
+
+    asyncio.run(move())
+    arrived = {
+        s.email: s
+        for s in (
+            Subscription.model_validate_json(r.value)
+            for r in arriving.read_topic(arriving.names.subscriptions)
+        )
+    }
+    assert set(arrived) == {"ana@example.org", "bo@example.org"}
+    for person in people:
+        moved = arrived[person.email]
+        assert moved.subscriber_id == person.subscriber_id
+        assert (moved.countries, moved.worldwide, moved.interests, moved.brands, moved.language) == (
+            person.countries,
+            person.worldwide,
+            person.interests,
+            person.brands,
+            person.language,
+        )
