@@ -55,6 +55,16 @@ class TopicNames(BaseModel):
         return f"{self.prefix}dead-letters"
 
     @property
+    def api_tokens(self) -> str:
+        """Coordinators' API tokens (hashed), compacted. Key: the token id."""
+        return f"{self.prefix}api-tokens"
+
+    @property
+    def audit(self) -> str:
+        """Who published what and when, through the API or the console. Key: the case id."""
+        return f"{self.prefix}audit"
+
+    @property
     def connector_checkpoints(self) -> str:
         """Where each source connector is up to, compacted. Key: the connector's name."""
         return f"{self.prefix}connector-checkpoints"
@@ -77,6 +87,8 @@ def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
         TopicSpec(name=names.alerts, partitions=partitions, configs=week),
         TopicSpec(name=names.deliveries, partitions=partitions),
         TopicSpec(name=names.dead_letters, partitions=partitions),
-        # One partition: checkpoints are few, and one partition is read whole at a start.
+        # One partition each: these are few, and read whole by every web process at its start.
+        TopicSpec(name=names.api_tokens, partitions=1, configs=compacted),
+        TopicSpec(name=names.audit, partitions=1),
         TopicSpec(name=names.connector_checkpoints, partitions=1, configs=compacted),
     ]
