@@ -4,7 +4,8 @@ An alert email has two kinds of content. Everything about the case (subject, wha
 happened, the action call) is the same for every person who gets that update in that
 language: :func:`render_shared` renders it once, with a placeholder token in each of the
 per-person slots (the greeting, the "why you got this" sentence, and the subscriber id in
-the unsubscribe instructions or, with signed links, the person's unsubscribe URL).
+the unsubscribe instructions or, with signed links, the person's unsubscribe URL and the
+"Manage your alerts" link to their signed preferences page, right after the reason).
 :func:`render_personal` renders one person's slot
 values, in plain text and in escaped HTML; :func:`fill` puts them in. :func:`render_alert`
 is exactly that composition: the reference every sink is held to. Sinks that send whole
@@ -132,6 +133,11 @@ class PersonalParts(BaseModel):
     """The person's signed unsubscribe URL, when the identity has links."""
     unsubscribe_url_html: str | None = None
     """The same, escaped for an HTML attribute."""
+    manage_text: str | None = None
+    """The "Manage your alerts" line with the person's signed preferences URL, when the identity
+    has links (it follows the reason, on a line of its own)."""
+    manage_html: str | None = None
+    """The same as an HTML link."""
 
     placeholders: ClassVar[dict[str, str]] = {
         field: f"{PLACEHOLDER_MARK}{field}%"
@@ -144,6 +150,8 @@ class PersonalParts(BaseModel):
             "subscriber_html",
             "unsubscribe_url_text",
             "unsubscribe_url_html",
+            "manage_text",
+            "manage_html",
         )
     }
     """Field name → the token that stands for it in a shared body."""
@@ -248,17 +256,19 @@ def render_shared(case: PublicCase, language: str, identity: EmailIdentity) -> S
     env = _environment()
     chosen = template_language(language)
     subject = env.get_template(f"alert.{chosen}.subject.j2").render(context)
+    # With signed links, the "Manage your alerts" slot follows the reason's: its value brings
+    # its own line break, so the shared templates need no slot of their own for it.
     text = env.get_template(f"alert.{chosen}.txt.j2").render(
         context,
         greeting=_TOKENS["greeting_text"],
-        why=_TOKENS["why_text"],
+        why=_TOKENS["why_text"] + (_TOKENS["manage_text"] if linked else ""),
         subscriber_id=_TOKENS["subscriber_text"],
         unsubscribe_url=_TOKENS["unsubscribe_url_text"] if linked else None,
     )
     html = env.get_template(f"alert.{chosen}.html.j2").render(
         context,
         greeting=_TOKENS["greeting_html"],
-        why=_TOKENS["why_html"],
+        why=_TOKENS["why_html"] + (_TOKENS["manage_html"] if linked else ""),
         subscriber_id=_TOKENS["subscriber_html"],
         unsubscribe_url=_TOKENS["unsubscribe_url_html"] if linked else None,
     )
@@ -288,11 +298,31 @@ def _greeting(language: str, name: str | None) -> tuple[str, str]:
     return str(text), str(html)
 
 
+_URL_MARK = "\x00url\x00"
+
+
+@lru_cache(maxsize=8)
+def _manage(language: str) -> tuple[str, str]:
+    # The same sentence for everyone in a language: rendered once around a mark for the URL
+    # (a signed URL is base64url, digits, dots and the base URL: nothing HTML escaping changes).
+    env = _environment()
+    text = env.get_template(f"alert.{language}.personal.txt.j2").module.manage(_URL_MARK)  # type: ignore[attr-defined]  # a template macro
+    html = env.get_template(f"alert.{language}.personal.html.j2").module.manage(_URL_MARK)  # type: ignore[attr-defined]  # a template macro
+    return str(text), str(html)
+
+
 def _personal_fields(alert: Alert, identity: EmailIdentity) -> dict[str, str | None]:
     language = template_language(alert.language)
     greeting_text, greeting_html = _greeting(language, alert.name)
     why_text, why_html = _why(language, alert.reason)
-    url = identity.links.unsubscribe_url(alert.subscriber_id) if identity.links is not None else None
+    url = manage_text = manage_html = None
+    if identity.links is not None:
+        url = identity.links.unsubscribe_url(alert.subscriber_id)
+        # In the email's language (?lang=), whatever the language of the browser that opens it.
+        preferences = f"{identity.links.preferences_url(alert.subscriber_id)}?lang={language}"
+        text_form, html_form = _manage(language)
+        manage_text = text_form.replace(_URL_MARK, preferences)
+        manage_html = html_form.replace(_URL_MARK, str(escape(preferences)))
     return {
         "greeting_text": greeting_text,
         "greeting_html": greeting_html,
@@ -302,6 +332,8 @@ def _personal_fields(alert: Alert, identity: EmailIdentity) -> dict[str, str | N
         "subscriber_html": str(escape(alert.subscriber_id)),
         "unsubscribe_url_text": url,
         "unsubscribe_url_html": str(escape(url)) if url is not None else None,
+        "manage_text": manage_text,
+        "manage_html": manage_html,
     }
 
 
@@ -309,8 +341,9 @@ def render_personal(alert: Alert, identity: EmailIdentity) -> PersonalParts:
     """Render the per-person slot values of ``alert``.
 
     They are its greeting, reason, subscriber id and, when ``identity`` has links, the
-    person's signed unsubscribe URL. Pass the identity the shared body was rendered with:
-    it decides whether the body has the unsubscribe URL slot.
+    person's signed unsubscribe URL and "Manage your alerts" link (preferences page).
+    Pass the identity the shared body was rendered with: it decides whether the body has
+    the slots of the links.
     """
     return PersonalParts.model_validate(_personal_fields(alert, identity))
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import structlog
@@ -24,6 +24,9 @@ from .errors import MobiliseError
 from .inputs import InvalidInput, read_case_updates
 from .logs import configure_logging
 from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from .web.tokens import TokenRegistry
 
 __all__ = ["main"]
 
@@ -224,6 +227,96 @@ def schemas_export(directory: Path) -> None:
     """Write a JSON Schema file per event model into DIRECTORY."""
     for path in export_json_schemas(directory):
         click.echo(str(path))
+
+
+@main.group()
+def tokens() -> None:
+    """API tokens for the coordinators' JSON API and console (stored hashed on the api-tokens topic)."""
+
+
+@tokens.command("create")
+@click.option("--name", required=True, help="Who will hold it; their case updates carry it as published_by.")
+@click.option(
+    "--role",
+    type=click.Choice(["coordinator", "admin"]),
+    default="coordinator",
+    show_default=True,
+    help="coordinator: publish and follow cases; admin: also manage tokens.",
+)
+@_friendly
+def tokens_create(name: str, role: str) -> None:
+    """Make a token and print it, once: only its hash is stored, so it cannot be shown again."""
+    from schemas import TokenRole
+    from streams.admin import publish as send
+    from streams.topics import TopicNames
+
+    from .web.tokens import issue_token
+
+    settings = _settings()
+    try:
+        issued = issue_token(name, TokenRole(role), now=datetime.now(UTC))
+    except ValidationError as exc:
+        raise InvalidInput(_describe(exc)) from exc
+    record = issued.record
+    send(
+        settings.bootstrap_servers,
+        TopicNames(prefix=settings.topic_prefix).api_tokens,
+        [(record.token_id, record.model_dump_json().encode("utf-8"))],
+    )
+    click.echo(issued.token)
+    click.echo(
+        f"token {record.token_id} ({record.role.value}) for {record.name!r}: give it to its holder now, "
+        "it is not shown again",
+        err=True,
+    )
+
+
+def _read_tokens(settings: Settings) -> TokenRegistry:
+    from streams.topics import TopicNames
+
+    from .snapshot import consumer, read_topic
+    from .web.tokens import TokenRegistry
+
+    registry = TokenRegistry()
+    with consumer(settings.bootstrap_servers) as reader:
+        for record in read_topic(reader, TopicNames(prefix=settings.topic_prefix).api_tokens):
+            registry.fold(record)
+    return registry
+
+
+@tokens.command("list")
+@_friendly
+def tokens_list() -> None:
+    """One line per token, oldest first: id, role, active or when revoked, created, name."""
+    for token in _read_tokens(_settings()).all():
+        state = f"revoked {token.revoked_at.isoformat()}" if token.revoked_at else "active"
+        click.echo(
+            f"{token.token_id}\t{token.role.value}\t{state}\t{token.created_at.isoformat()}\t{token.name}"
+        )
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@_friendly
+def tokens_revoke(token_id: str) -> None:
+    """Revoke TOKEN_ID: it stops working as soon as each web process has read the revocation."""
+    from streams.admin import publish as send
+    from streams.topics import TopicNames
+
+    settings = _settings()
+    known = _read_tokens(settings).get(token_id)
+    if known is None:
+        raise InvalidInput(f"no token {token_id!r}; `mobilise tokens list` shows the token ids")
+    if known.revoked_at is not None:
+        click.echo(f"{token_id} was already revoked at {known.revoked_at.isoformat()}")
+        return
+    revoked = known.model_copy(update={"revoked_at": datetime.now(UTC)})
+    send(
+        settings.bootstrap_servers,
+        TopicNames(prefix=settings.topic_prefix).api_tokens,
+        [(token_id, revoked.model_dump_json().encode("utf-8"))],
+    )
+    click.echo(f"{token_id} revoked")
 
 
 @main.command()

@@ -1,10 +1,10 @@
 """Signed links: URLs in emails that act for one subscriber without a login.
 
 A link carries a token that names a subscriber and is bound, by an HMAC-SHA256 under
-``MOBILISE_SECRET_KEY``, to one purpose ("unsubscribe" now; "preferences" and "confirm"
-later). Whoever holds the token may do that one thing for that one person, which is what
-an email link is for; nobody can make a token for another person or another purpose
-without the key.
+``MOBILISE_SECRET_KEY``, to one purpose: "unsubscribe", "preferences" (the preferences
+and my-data pages) or "confirm" (double opt-in). Whoever holds the token may do that one
+thing for that one person, which is what an email link is for; nobody can make a token
+for another person or another purpose without the key.
 
 Token format (URL-safe, no padding)::
 
@@ -12,8 +12,10 @@ Token format (URL-safe, no padding)::
 
 The MAC covers the format version, the purpose, the subscriber id and the expiry.
 Unsubscribe links never expire: an email read months later must still work (and RFC 8058
-one-click requests come from mail providers at any time). Changing the secret key
-invalidates every link in every email already sent, so keep it stable.
+one-click requests come from mail providers at any time); nor do preferences links, which
+are in every email. Confirmation links do (the web process signs them for 7 days).
+Changing the secret key invalidates every link in every email already sent, so keep it
+stable.
 """
 
 from __future__ import annotations
@@ -173,12 +175,13 @@ class PublicLinks:
     Args:
         public_url: Where the web process is reached, validated by :func:`check_public_url`.
         secret_key: The signing key.
+        clock: Current Unix time, for the expiry of confirmation links (tests inject one).
 
     """
 
-    def __init__(self, public_url: str, secret_key: SecretStr) -> None:
+    def __init__(self, public_url: str, secret_key: SecretStr, *, clock: Clock = time.time) -> None:
         self.public_url = check_public_url(public_url)
-        self.signer = LinkSigner(secret_key)
+        self.signer = LinkSigner(secret_key, clock=clock)
 
     def __repr__(self) -> str:  # never the key
         return f"PublicLinks({self.public_url!r})"
@@ -195,6 +198,23 @@ class PublicLinks:
     def unsubscribe_url(self, subscriber_id: str) -> str:
         """The one-click unsubscribe URL of ``subscriber_id`` (never expires)."""
         return f"{self.public_url}/unsubscribe/{self.signer.sign('unsubscribe', subscriber_id)}"
+
+    def preferences_url(self, subscriber_id: str) -> str:
+        """The URL of ``subscriber_id``'s preferences page (never expires: it is in every email)."""
+        return f"{self.public_url}/preferences/{self.signer.sign('preferences', subscriber_id)}"
+
+    def my_data_url(self, subscriber_id: str) -> str:
+        """The URL of the page showing (and erasing) what is stored about ``subscriber_id``.
+
+        Signed for "preferences", as the preferences link: whoever may change someone's
+        alerts may see them.
+        """
+        return f"{self.public_url}/my-data/{self.signer.sign('preferences', subscriber_id)}"
+
+    def confirm_url(self, subscriber_id: str, *, expires_in: timedelta) -> str:
+        """The double opt-in URL of ``subscriber_id``'s pending subscription, valid for ``expires_in``."""
+        token = self.signer.sign("confirm", subscriber_id, expires_in=expires_in)
+        return f"{self.public_url}/confirm/{token}"
 
 
 def _is_loopback(host: str) -> bool:

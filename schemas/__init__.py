@@ -1,6 +1,8 @@
 """The event models: the only contract between the parts of mobilise and its integrators."""
 
 from .alert import Alert, AlertBatch, MatchReason, Recipient, alert_id_for, batch_id_for
+from .api_token import ApiToken, TokenRole
+from .audit import AuditAction, AuditRecord, audit_id_for
 from .case_update import ActionCall, ActionTarget, CaseUpdate, Factory, PublicCase
 from .dead_letter import DeadLetter, FieldError
 from .delivery import DeliveryEvent, DeliveryOutcome
@@ -29,6 +31,9 @@ __all__ = [
     "ActionTarget",
     "Alert",
     "AlertBatch",
+    "ApiToken",
+    "AuditAction",
+    "AuditRecord",
     "CaseStatus",
     "CaseUpdate",
     "Country",
@@ -47,7 +52,9 @@ __all__ = [
     "SubscriptionsRecord",
     "Suppression",
     "SuppressionReason",
+    "TokenRole",
     "alert_id_for",
+    "audit_id_for",
     "batch_id_for",
     "brand_key",
     "country_name",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ._base import Event
 from .alert import Alert, AlertBatch
+from .api_token import ApiToken
+from .audit import AuditRecord
 from .case_update import CaseUpdate
 from .dead_letter import DeadLetter
 from .delivery import DeliveryEvent
@@ -23,6 +25,8 @@ EXPORTED: dict[str, type[Event]] = {
     "alert-batch": AlertBatch,
     "delivery-event": DeliveryEvent,
     "dead-letter": DeadLetter,
+    "api-token": ApiToken,
+    "audit-record": AuditRecord,
 }
 """File stem → model, one file per record contract (the subscriptions topic carries two)."""
 

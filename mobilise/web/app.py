@@ -18,7 +18,18 @@ from mobilise.kafka_security import kafka_security
 from mobilise.settings import Settings
 from streams.topics import TopicNames
 
-from . import health, sendgrid_webhook, unsubscribe
+from . import (
+    confirm,
+    console,
+    coordinator_api,
+    health,
+    my_data,
+    openapi,
+    preferences,
+    sendgrid_webhook,
+    subscribe,
+    unsubscribe,
+)
 from .publisher import KafkaPublisher
 from .state import STATE, WebState
 
@@ -33,6 +44,13 @@ ROUTE_MODULES: tuple[Callable[[web.Application], None], ...] = (
     health.add_routes,
     sendgrid_webhook.add_routes,
     unsubscribe.add_routes,
+    coordinator_api.add_routes,
+    openapi.add_routes,
+    console.add_routes,
+    subscribe.add_routes,
+    confirm.add_routes,
+    preferences.add_routes,
+    my_data.add_routes,
 )
 """Every feature of the web process, in the order its routes are added."""
 

@@ -112,6 +112,8 @@ def test_schema_export_writes_one_file_per_contract(tmp_path: object) -> None:
     assert names == [
         "alert-batch.v1.schema.json",
         "alert.v1.schema.json",
+        "api-token.v1.schema.json",
+        "audit-record.v1.schema.json",
         "case-update.v1.schema.json",
         "dead-letter.v1.schema.json",
         "delivery-event.v2.schema.json",

@@ -1,0 +1,218 @@
+"""The subscription form: fields to a Subscription and back, per-field messages in three languages, CSRF."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import get_args
+
+import pytest
+from multidict import MultiDict
+from pydantic import SecretStr
+
+from mobilise.web.forms import (
+    MAX_BRANDS,
+    CsrfGuard,
+    ErrorCode,
+    FormValues,
+    check,
+    error_message,
+    form_texts,
+    frequency_choices,
+    interest_choices,
+    read_form,
+    region_choices,
+    render_form,
+    status_choices,
+    to_subscription,
+    values_of,
+)
+from mobilise.web.pages import PAGE_LANGUAGES
+from schemas import BASE_INTERESTS, CaseStatus, Region, Subscription, known_countries, subscriber_id_for
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+VALID = FormValues(email="Person@Example.org", countries=("BD",), interests=("union_busting",))
+
+
+def posted(*pairs: tuple[str, str]) -> MultiDict[str]:
+    return MultiDict(pairs)
+
+
+def test_a_posted_form_is_read_with_every_value_of_a_repeated_field() -> None:
+    values = read_form(
+        posted(
+            ("email", " a@example.org "),
+            ("name", "Rahima"),
+            ("language", "fr"),
+            ("worldwide", "yes"),
+            ("regions", "south-eastern-asia"),
+            ("countries", "BD"),
+            ("countries", "KH"),
+            ("interests", "wages"),
+            ("interests", "union_busting"),
+            ("brands", "H&M, Zara"),
+            ("statuses", "opened"),
+            ("frequency", "immediate"),
+            ("csrf_token", "ignored"),
+        )
+    )
+    assert values == FormValues(
+        email="a@example.org",
+        name="Rahima",
+        language="fr",
+        worldwide=True,
+        regions=("south-eastern-asia",),
+        countries=("BD", "KH"),
+        interests=("wages", "union_busting"),
+        brands="H&M, Zara",
+        statuses=("opened",),
+        frequency="immediate",
+    )
+    empty = read_form(posted(), default_language="es")
+    assert (empty.language, empty.statuses, empty.worldwide) == ("es", (), False)
+
+
+def test_a_valid_form_makes_the_subscription_and_the_subscription_fills_the_form() -> None:
+    assert check(VALID, with_email=True) == {}
+    subscription = to_subscription(
+        VALID, email=VALID.email, subscriber_id=None, confirmed=False, created_at=NOW
+    )
+    assert subscription.subscriber_id == subscriber_id_for("person@example.org")
+    assert (subscription.countries, subscription.interests, subscription.confirmed) == (
+        ("BD",),
+        ("union_busting",),
+        False,
+    )
+    assert subscription.statuses == tuple(CaseStatus)  # every status unless narrowed
+    again = values_of(subscription)
+    assert check(again, with_email=True) == {}
+    same = to_subscription(again, email=again.email, subscriber_id=None, confirmed=False, created_at=NOW)
+    assert same == subscription
+
+
+def test_brands_are_split_at_commas_trimmed_and_deduplicated() -> None:
+    values = FormValues(brands=" H&M ,, h&m, Zara  Home ,zara home,Inditex ")
+    assert values.brand_list == ("H&M", "Zara Home", "Inditex")
+    subscription = to_subscription(
+        FormValues(worldwide=True, brands=values.brands),
+        email="b@example.org",
+        subscriber_id="ext:crm-1",
+        confirmed=True,
+        created_at=NOW,
+    )
+    assert subscription.brands == ("H&M", "Zara Home", "Inditex") and subscription.interests == ()
+    assert subscription.subscriber_id == "ext:crm-1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "code"),
+    [
+        ({"email": ""}, "email", "email_missing"),
+        ({"email": "person@"}, "email", "email_invalid"),
+        ({"name": "n" * 201}, "name", "name_too_long"),
+        ({"language": "de"}, "language", "language_unknown"),
+        ({"countries": ()}, "places", "places_missing"),
+        ({"countries": ("XX",)}, "places", "places_unknown"),
+        ({"regions": ("atlantis",)}, "places", "places_unknown"),
+        ({"interests": ()}, "interests", "topics_missing"),
+        ({"interests": ("knitting",)}, "interests", "interests_unknown"),
+        ({"brands": "b" * 201}, "brands", "brands_too_long"),
+        ({"brands": ",".join(f"brand {i}" for i in range(MAX_BRANDS + 1))}, "brands", "brands_too_many"),
+        ({"statuses": ()}, "statuses", "statuses_missing"),
+        ({"statuses": ("won",)}, "statuses", "statuses_unknown"),
+        ({"frequency": "weekly"}, "frequency", "frequency_unknown"),
+    ],
+)
+def test_each_wrong_field_is_named_with_its_error(changes: dict[str, object], field: str, code: str) -> None:
+    values = FormValues(**{**VALID.__dict__, **changes})
+    assert check(values, with_email=True) == {field: code}
+
+
+def test_the_preferences_form_has_no_address_and_a_brand_alone_is_enough() -> None:
+    values = FormValues(worldwide=True, brands="H&M")
+    assert check(values, with_email=False) == {}
+    assert check(values, with_email=True) == {"email": "email_missing"}
+
+
+def test_every_error_has_a_message_in_every_language() -> None:
+    for language in PAGE_LANGUAGES:
+        messages = [error_message(code, language) for code in get_args(ErrorCode)]
+        assert all(m.endswith(".") for m in messages), language
+        assert len(set(messages)) == len(messages)
+    assert error_message("email_missing", "fr") == "Saisissez votre adresse e-mail."
+    assert error_message("email_missing", "es") == "Escribe tu dirección de correo."
+    assert error_message("email_missing", "km") == "Enter your email address."  # English otherwise
+    assert form_texts("fr").keys() == form_texts("en").keys() == form_texts("es").keys()
+
+
+def test_the_choices_come_from_the_vocabularies(monkeypatch: pytest.MonkeyPatch) -> None:
+    regions = region_choices("es")
+    assert {r.value for r in regions} == {r.value for r in Region}
+    assert {code for r in regions for code, _ in r.countries} == known_countries()
+    labels = [r.label for r in regions]
+    assert labels.index("África austral") < labels.index("Asia central")  # accents sorted as letters
+    assert ("BD", "Bangladesh") in next(r for r in regions if r.value == "southern-asia").countries
+    assert {value for value, _ in interest_choices("en")} == set(BASE_INTERESTS)
+    monkeypatch.setenv("MOBILISE_EXTRA_INTERESTS", "tea_pickers")
+    assert ("tea_pickers", "Tea pickers") in interest_choices("fr")
+    assert check(FormValues(**{**VALID.__dict__, "interests": ("tea_pickers",)}), with_email=True) == {}
+    assert [value for value, _ in status_choices("fr")] == [s.value for s in CaseStatus]
+    assert frequency_choices("es") == [("immediate", "En cuanto un caso coincida")]
+
+
+def test_the_rendered_form_puts_each_message_next_to_its_field() -> None:
+    values = FormValues(email="nope", countries=("BD",), interests=(), brands="", language="es")
+    errors = check(values, with_email=True)
+    html = render_form(language="es", with_email=True, values=values, errors=errors, csrf="tok")
+    assert '<html lang="es">' in html
+    email_at = html.index('<input type="email" id="email"')
+    error_at = html.index('id="email-error"')
+    assert email_at - 200 < error_at < email_at  # just above the field, after its label and hint
+    assert "Escribe una dirección de correo como nombre@ejemplo.org." in html[error_at:email_at]
+    assert 'aria-describedby="email-hint email-error" aria-invalid="true"' in html[email_at : email_at + 300]
+    assert 'id="name-error"' not in html
+    assert (
+        '<fieldset id="interests" aria-describedby="interests-hint interests-error" aria-invalid="true">'
+        in html
+    )
+    assert 'value="BD" checked' in html and "<details open>" in html  # the chosen country's region is open
+    assert 'name="csrf_token" value="tok"' in html
+    assert html.count('href="#') == 2  # the summary links to the two wrong fields
+
+
+def test_values_are_escaped_in_the_page() -> None:
+    values = FormValues(email='"><script>x</script>', name="<b>", worldwide=True, interests=("wages",))
+    html = render_form(language="en", with_email=True, values=values, errors={}, csrf="t")
+    assert "<script>x" not in html and "&lt;b&gt;" in html and "&#34;&gt;&lt;script&gt;" in html
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_csrf_token_is_valid_for_its_cookie_until_it_expires() -> None:
+    clock = Clock()
+    guard = CsrfGuard(SecretStr("s" * 40), clock=clock)
+    cookie = guard.new_cookie()
+    token = guard.token_for(cookie)
+    assert guard.check(cookie, token)
+    assert not guard.check(guard.new_cookie(), token)  # another browser's cookie
+    assert not guard.check(None, token) and not guard.check(cookie, None) and not guard.check(cookie, "")
+    expires, mac = token.split(".")
+    assert not guard.check(cookie, f"{int(expires) + 3600}.{mac}")  # a later expiry is not signed
+    assert not guard.check(cookie, f"{expires}.{mac[:-1]}A")
+    assert not CsrfGuard(SecretStr("t" * 40), clock=clock).check(cookie, token)  # another key
+    clock.now += 4 * 3600 - 1
+    assert guard.check(cookie, token)
+    clock.now += 1
+    assert not guard.check(cookie, token)
+
+
+def test_a_subscription_from_the_form_is_a_valid_topic_record() -> None:
+    subscription = to_subscription(
+        VALID, email=VALID.email, subscriber_id=None, confirmed=False, created_at=NOW
+    )
+    assert Subscription.model_validate_json(subscription.model_dump_json()) == subscription
