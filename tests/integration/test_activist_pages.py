@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -682,10 +683,21 @@ def _indexed(pipeline: PipelineHarness, subscriber_id: str) -> list[dict[str, An
     return [e for e in pipeline.events("subscription.indexed") if e["subscriber_id"] == subscriber_id]
 
 
-def test_a_person_subscribes_confirms_gets_alerts_and_changes_them_in_a_browser(
+def test_a_person_subscribes_confirms_gets_alerts_changes_them_and_unsubscribes_in_a_browser(
     pipeline: PipelineHarness,
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    """The whole journey in chromium, with a screenshot of each page.
+
+    The screenshots go to ``MOBILISE_SCREENSHOTS`` when it is set (``docs/screenshots``
+    holds the ones the README shows), to the test's directory otherwise.
+    """
+    from playwright.sync_api import Page, expect, sync_playwright
+
+    shots = Path(os.environ.get("MOBILISE_SCREENSHOTS") or pipeline.tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+
+    def shot(page: Page, name: str) -> None:
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
 
     port = free_port()
     public_url = f"http://127.0.0.1:{port}"
@@ -703,8 +715,9 @@ def test_a_person_subscribes_confirms_gets_alerts_and_changes_them_in_a_browser(
     with BackgroundWebServer(settings, port=port), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         try:
-            page = browser.new_page(locale="en-GB")
+            page = browser.new_page(locale="en-GB", viewport={"width": 900, "height": 900})
             page.goto(f"{public_url}/subscribe")
+            shot(page, "subscribe")
             page.get_by_label("Email address").fill(address)
             page.get_by_label("Your name (optional)").fill("Browser Person")
             page.get_by_text("Countries of Southern Asia").click()
@@ -712,13 +725,16 @@ def test_a_person_subscribes_confirms_gets_alerts_and_changes_them_in_a_browser(
             page.get_by_label("Union busting").check()
             page.get_by_role("button", name="Subscribe").click()
             expect(page.get_by_role("heading", level=1)).to_have_text("Check your inbox")
+            shot(page, "check-your-inbox")
 
             pipeline.wait_until("the confirmation email", lambda: any(pipeline.outbox.glob("notice-*.eml")))
             (notice_file,) = pipeline.outbox.glob("notice-*.eml")
             notice = BytesParser(policy=policy.default).parsebytes(notice_file.read_bytes())
             page.goto(public_url + link(notice, "confirm"))
+            shot(page, "confirm")
             page.get_by_role("button", name="Confirm my subscription").click()
             expect(page.get_by_role("heading", level=1)).to_have_text("You are subscribed")
+            shot(page, "subscribed")
             pipeline.wait_ready()
             pipeline.wait_until(
                 "the confirmed subscription", lambda: any(e["confirmed"] for e in _indexed(pipeline, sid))
@@ -737,16 +753,38 @@ def test_a_person_subscribes_confirms_gets_alerts_and_changes_them_in_a_browser(
             page.goto(public_url + preferences)
             expect(page.get_by_role("heading", level=1)).to_have_text("Your alerts")
             expect(page.get_by_label("Union busting")).to_be_checked()
+            shot(page, "preferences")
             page.get_by_label("Union busting").uncheck()
             page.get_by_label("Wages", exact=True).check()
             page.get_by_role("button", name="Save my choices").click()
             expect(page.get_by_role("status")).to_have_text("Your choices are saved.")
+            shot(page, "preferences-saved")
             pipeline.wait_until("the changed subscription", lambda: len(_indexed(pipeline, sid)) >= 3)
 
             second = case_update(status="escalated", occurred_at=now())
             pipeline.publish(second)
             assert pipeline.wait_processed(second.event_id) == 0
             assert pipeline.emails_for(second.event_id) == []
+
+            page.goto(public_url + preferences)
+            page.get_by_role("link", name="See or erase my data").click()
+            expect(page.get_by_text("browser@example.org").first).to_be_visible()
+            shot(page, "my-data")
+
+            # The new choices match this update; only the unsubscribe keeps it away.
+            page.goto(public_url + link(alert, "unsubscribe"))
+            shot(page, "unsubscribe")
+            page.get_by_role("button", name="Unsubscribe").click()
+            expect(page.get_by_role("heading", level=1)).to_have_text("You are unsubscribed")
+            shot(page, "unsubscribed")
+            pipeline.wait_until(
+                "the unsubscribe to reach the shard",
+                lambda: any(e["subscriber_id"] == sid for e in pipeline.events("subscription.suppressed")),
+            )
+            third = case_update(status="escalated", issues=["wages"], occurred_at=now())
+            pipeline.publish(third)
+            assert pipeline.wait_processed(third.event_id) == 0
+            assert pipeline.emails_for(third.event_id) == []
         finally:
             browser.close()
     assert json.dumps(pipeline.events()).count(address) == 0  # workers log ids, not addresses
