@@ -47,7 +47,7 @@ __all__ = [
     "check_public_url",
 ]
 
-Purpose = Literal["unsubscribe", "preferences", "confirm"]
+Purpose = Literal["unsubscribe", "preferences", "confirm", "acted"]
 """What a link may do. A token signed for one purpose is refused for every other."""
 
 MIN_SECRET_LENGTH = 32
@@ -110,13 +110,16 @@ class LinkSigner:
         """A short id of the key that reveals nothing about it (to compare signers, or to log)."""
         return hashlib.sha256(b"fingerprint\x00" + self._key).hexdigest()[:12]
 
-    def _mac(self, purpose: str, subscriber_id: str, expires: int) -> bytes:
-        message = b"\x00".join(
-            (_VERSION.encode(), purpose.encode(), subscriber_id.encode(), str(expires).encode())
-        )
+    def _mac(self, purpose: str, subscriber_id: str, expires: int, scope: str = "") -> bytes:
+        parts = [_VERSION.encode(), purpose.encode(), subscriber_id.encode(), str(expires).encode()]
+        if scope:  # tokens without a scope keep the MAC they always had
+            parts.append(scope.encode())
+        message = b"\x00".join(parts)
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def sign(self, purpose: Purpose, subscriber_id: str, *, expires_in: timedelta | None = None) -> str:
+    def sign(
+        self, purpose: Purpose, subscriber_id: str, *, expires_in: timedelta | None = None, scope: str = ""
+    ) -> str:
         """The token that lets its holder do ``purpose`` for ``subscriber_id``.
 
         Args:
@@ -124,6 +127,8 @@ class LinkSigner:
             subscriber_id: Whom it acts for.
             expires_in: How long the token stays valid; None (the default, and the only
                 right choice for unsubscribe links) for ever.
+            scope: What else the token is bound to, e.g. the action of an "I did this"
+                link; not in the token, so the link carries it and :meth:`verify` is given it.
 
         Raises:
             ValueError: an unknown purpose, a malformed subscriber id or a non-positive expiry.
@@ -138,10 +143,10 @@ class LinkSigner:
             if expires_in <= timedelta(0):
                 raise ValueError(f"expires_in must be positive, not {expires_in}")
             expires = int(self._clock() + expires_in.total_seconds())
-        mac = self._mac(purpose, subscriber_id, expires)
+        mac = self._mac(purpose, subscriber_id, expires, scope)
         return f"{_VERSION}.{_b64encode(subscriber_id.encode())}.{expires}.{_b64encode(mac)}"
 
-    def verify(self, token: str, purpose: Purpose) -> str:
+    def verify(self, token: str, purpose: Purpose, *, scope: str = "") -> str:
         """The subscriber id ``token`` was signed for, if it is valid for ``purpose``.
 
         The signature is compared in constant time and checked before the expiry, so a
@@ -161,7 +166,7 @@ class LinkSigner:
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise InvalidLink("malformed", "the link is not a complete mobilise link") from exc
         expires = int(expires_text)
-        expected = self._mac(purpose, subscriber_id, expires)
+        expected = self._mac(purpose, subscriber_id, expires, scope)
         if not hmac.compare_digest(mac, expected) or not _SUBSCRIBER_ID.fullmatch(subscriber_id):
             raise InvalidLink("signature", f"the link's signature is not valid for {purpose!r}")
         if expires and self._clock() >= expires:

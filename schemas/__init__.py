@@ -1,9 +1,19 @@
 """The event models: the only contract between the parts of mobilise and its integrators."""
 
+from .action_taken import ActionTaken, taken_id_for
 from .alert import Alert, AlertBatch, MatchReason, Recipient, alert_id_for, batch_id_for
 from .api_token import ApiToken, TokenRole
 from .audit import AuditAction, AuditRecord, audit_id_for
-from .case_update import ActionCall, ActionTarget, CaseUpdate, Factory, PublicCase
+from .case_update import (
+    ActionCall,
+    ActionGoal,
+    ActionTarget,
+    ActionVariant,
+    CaseUpdate,
+    Factory,
+    PublicCase,
+    action_id_for,
+)
 from .dead_letter import DeadLetter, FieldError
 from .delivery import DeliveryEvent, DeliveryOutcome
 from .geography import Country, Region, country_name, known_countries, region_of
@@ -27,8 +37,11 @@ from .vocabulary import (
 __all__ = [
     "BASE_INTERESTS",
     "ActionCall",
+    "ActionGoal",
     "ActionKind",
+    "ActionTaken",
     "ActionTarget",
+    "ActionVariant",
     "Alert",
     "AlertBatch",
     "ApiToken",
@@ -53,6 +66,7 @@ __all__ = [
     "Suppression",
     "SuppressionReason",
     "TokenRole",
+    "action_id_for",
     "alert_id_for",
     "audit_id_for",
     "batch_id_for",
@@ -63,4 +77,5 @@ __all__ = [
     "read_subscriptions_record",
     "region_of",
     "subscriber_id_for",
+    "taken_id_for",
 ]

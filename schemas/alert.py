@@ -73,6 +73,11 @@ class Alert(Event):
     """What changed (the public projection: internal fields are not here)."""
     reason: MatchReason
     """Why it matched."""
+    home_country: str | None = None
+    """Where they live, if they said: picks their variant of the action call."""
+    follow_up: bool = False
+    """A follow-up for someone who acted on the case: it has reached remedy_won or closed,
+    and the email tells them what their action achieved."""
     created_at: AwareDatetime
     """When the match was made."""
 
@@ -90,6 +95,8 @@ class Recipient(Event):
     """How to greet them."""
     reason: MatchReason
     """Why it matched."""
+    home_country: str | None = None
+    """Where they live, if they said: picks their variant of the action call."""
 
 
 class AlertBatch(Event):
@@ -112,6 +119,8 @@ class AlertBatch(Event):
     """The recipients' language."""
     case: PublicCase
     """What changed (the public projection: internal fields are not here)."""
+    follow_up: bool = False
+    """Follow-ups for people who acted on the case (see :attr:`Alert.follow_up`)."""
     created_at: AwareDatetime
     """When the match was made."""
     recipients: tuple[Recipient, ...] = Field(min_length=1)
@@ -132,6 +141,8 @@ class AlertBatch(Event):
                 language=self.language,
                 case=self.case,
                 reason=r.reason,
+                home_country=r.home_country,
+                follow_up=self.follow_up,
                 created_at=self.created_at,
             )
             for r in self.recipients

@@ -10,7 +10,17 @@ from ._base import Event, stable_id
 from .geography import Country, Region, region_of
 from .vocabulary import ActionKind, CaseStatus, Interest, Language
 
-__all__ = ["ActionCall", "ActionTarget", "CaseUpdate", "Factory", "Localised", "PublicCase"]
+__all__ = [
+    "ActionCall",
+    "ActionGoal",
+    "ActionTarget",
+    "ActionVariant",
+    "CaseUpdate",
+    "Factory",
+    "Localised",
+    "PublicCase",
+    "action_id_for",
+]
 
 Localised = Annotated[
     dict[Language, Annotated[str, Field(min_length=1, max_length=20_000)]],
@@ -45,8 +55,46 @@ class ActionTarget(Event):
     """Social media handle, for public posts."""
 
 
+class ActionGoal(Event):
+    """How many actions the coordinators aim for, e.g. 5,000 emails to the brand."""
+
+    count: Annotated[int, Field(ge=1, le=100_000_000)]
+    """The number to reach."""
+    label: Localised | None = None
+    """What is counted, per language, e.g. ``{"en": "emails to H&M"}``."""
+
+
+class ActionVariant(Event):
+    """A different ask for the people who live in some countries or regions.
+
+    People in the Netherlands: protest at the Amsterdam store on Saturday; everyone else:
+    email the brand. The fields left out are the call's own.
+    """
+
+    countries: tuple[Country, ...] = ()
+    """For people who live in one of these countries."""
+    regions: tuple[Region, ...] = ()
+    """Or in one of these UN M49 regions."""
+    kind: ActionKind | None = None
+    """What these people are asked to do instead."""
+    instructions: Localised | None = None
+    """Their instructions, per language."""
+    suggested_message: Localised | None = None
+    """Their message to send or say, per language."""
+    target: ActionTarget | None = None
+    """Their target (the store in their city, say)."""
+    deadline: AwareDatetime | None = None
+    """Their deadline (the day of the protest)."""
+
+    @model_validator(mode="after")
+    def _names_a_place(self) -> ActionVariant:
+        if not self.countries and not self.regions:
+            raise ValueError("a variant applies to some countries or regions: give at least one")
+        return self
+
+
 class ActionCall(Event):
-    """A call to act: what to do, to whom, by when."""
+    """A call to act: what to do, to whom, by when; optionally a goal and regional variants."""
 
     kind: ActionKind
     """What people are asked to do."""
@@ -56,6 +104,42 @@ class ActionCall(Event):
     """Who the action is aimed at."""
     deadline: AwareDatetime | None = None
     """When the action stops mattering; shown to people in the alert."""
+    action_id: Slug | None = None
+    """Names the action across updates, so that a person counts once however many alerts
+    repeat the call; derived from the case, the kind and the target when left out."""
+    suggested_message: Localised | None = None
+    """A message people can send or say as it is, per language."""
+    goal: ActionGoal | None = None
+    """How many actions the coordinators aim for."""
+    variants: tuple[ActionVariant, ...] = ()
+    """Different asks for people in some places; the first that matches a person applies."""
+
+    def for_place(self, country: str | None) -> ActionCall:
+        """The call as a person living in ``country`` gets it: their variant applied, no variants left.
+
+        Someone whose country is unknown, or matches no variant, gets the call itself.
+        """
+        chosen = None
+        if country is not None:
+            region = region_of(country)
+            chosen = next(
+                (v for v in self.variants if country in v.countries or region in v.regions),
+                None,
+            )
+        changes: dict[str, Any] = {"variants": ()}
+        if chosen is not None:
+            for name in ("kind", "instructions", "suggested_message", "target", "deadline"):
+                value = getattr(chosen, name)
+                if value is not None:
+                    changes[name] = value
+        return self.model_copy(update=changes)
+
+
+def action_id_for(case_id: str, call: ActionCall) -> str:
+    """The action's id: the coordinator's ``action_id``, else one derived from case, kind and target."""
+    if call.action_id is not None:
+        return call.action_id
+    return "act-" + stable_id(case_id, call.kind.value, call.target.name, length=20)
 
 
 class PublicCase(Event):

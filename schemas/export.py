@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ._base import Event
+from .action_taken import ActionTaken
 from .alert import Alert, AlertBatch
 from .api_token import ApiToken
 from .audit import AuditRecord
@@ -27,6 +28,7 @@ EXPORTED: dict[str, type[Event]] = {
     "dead-letter": DeadLetter,
     "api-token": ApiToken,
     "audit-record": AuditRecord,
+    "action-taken": ActionTaken,
 }
 """File stem → model, one file per record contract (the subscriptions topic carries two)."""
 

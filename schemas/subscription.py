@@ -59,6 +59,9 @@ class Subscription(Event):
     """Case statuses to be alerted about; all of them unless narrowed."""
     frequency: Frequency = "immediate"
     """When alerts are sent."""
+    home_country: Country | None = None
+    """Where the person lives, if they said: picks the regional variant of an action call
+    (a protest in their city) and their local morning; never used for matching."""
     confirmed: bool = False
     """Whether the person confirmed the address (double opt-in); only confirmed people get alerts."""
     created_at: AwareDatetime

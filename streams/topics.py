@@ -55,6 +55,11 @@ class TopicNames(BaseModel):
         return f"{self.prefix}dead-letters"
 
     @property
+    def actions_taken(self) -> str:
+        """People's "I did this" for action calls. Key: subscriber_id (co-partitioned with subscriptions)."""
+        return f"{self.prefix}actions-taken"
+
+    @property
     def api_tokens(self) -> str:
         """Coordinators' API tokens (hashed), compacted. Key: the token id."""
         return f"{self.prefix}api-tokens"
@@ -86,6 +91,7 @@ def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
         TopicSpec(name=names.case_fanout, partitions=partitions, configs=week),
         TopicSpec(name=names.alerts, partitions=partitions, configs=week),
         TopicSpec(name=names.deliveries, partitions=partitions),
+        TopicSpec(name=names.actions_taken, partitions=partitions),
         TopicSpec(name=names.dead_letters, partitions=partitions),
         # One partition each: these are few, and read whole by every web process at its start.
         TopicSpec(name=names.api_tokens, partitions=1, configs=compacted),

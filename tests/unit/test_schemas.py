@@ -110,6 +110,7 @@ def test_schema_export_writes_one_file_per_contract(tmp_path: object) -> None:
     paths = export_json_schemas(Path(str(tmp_path)))
     names = sorted(p.name for p in paths)
     assert names == [
+        "action-taken.v1.schema.json",
         "alert-batch.v1.schema.json",
         "alert.v1.schema.json",
         "api-token.v1.schema.json",
