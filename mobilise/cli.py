@@ -80,7 +80,14 @@ def worker() -> None:
 @click.option("--port", type=int, default=None, help="Port to listen on (default: MOBILISE_WEB_PORT, 8080).")
 @_friendly
 def web_command(host: str | None, port: int | None) -> None:
-    """Serve SendGrid's event webhook, the signed unsubscribe links and /healthz."""
+    """Serve the activists' pages, the coordinators' API and console, SendGrid's webhook, health.
+
+    The activists' pages: /subscribe (with double opt-in), then /confirm, /preferences,
+    /my-data and /unsubscribe, reached by the signed links of the emails. The coordinators'
+    JSON API under /api/v1 (its OpenAPI document at /api/v1/openapi.json) and their console
+    under /console. SendGrid's event webhook at /webhooks/sendgrid. Health at /healthz and
+    /readyz.
+    """
     from .web import run_web
 
     settings = _settings()

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from mobilise.snapshot import StoredRecord
 from schemas import CaseStatus, CaseUpdate, DeliveryEvent, DeliveryOutcome
+
+from .answers import Answer
 
 __all__ = [
     "BOUNCED_OUTCOMES",
@@ -50,18 +52,7 @@ BOUNCED_OUTCOMES = frozenset({DeliveryOutcome.BOUNCED, DeliveryOutcome.BLOCKED, 
 _SENT, _DEAD, _BOUNCED = 1, 2, 4
 
 
-class _Answer(BaseModel):
-    # Answers of the API: closed, and every field present in their JSON Schema, so that the
-    # OpenAPI document says exactly what a client gets.
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        use_attribute_docstrings=True,
-        json_schema_serialization_defaults_required=True,
-    )
-
-
-class CaseCounts(_Answer):
+class CaseCounts(Answer):
     """What happened to a case's alerts, over all its updates."""
 
     matched: int
@@ -74,7 +65,7 @@ class CaseCounts(_Answer):
     """Sent alerts the provider reported bounced, blocked or dropped."""
 
 
-class TimelineEntry(_Answer):
+class TimelineEntry(Answer):
     """One update of a case."""
 
     event_id: str
@@ -89,7 +80,7 @@ class TimelineEntry(_Answer):
     """Who published it."""
 
 
-class CaseSummary(_Answer):
+class CaseSummary(Answer):
     """A case as listed: its latest status and its counts."""
 
     case_id: str
@@ -119,7 +110,7 @@ class CaseDetail(CaseSummary):
     """Every update, in the order they occurred (oldest first)."""
 
 
-class CaseList(_Answer):
+class CaseList(Answer):
     """Every case, the one updated most recently first."""
 
     cases: list[CaseSummary]

@@ -227,14 +227,23 @@ def _views_starting(request: web.Request, *names: str) -> web.Response | None:
     return response
 
 
-def _signed_in(request: web.Request) -> ApiToken | web.Response:
-    """The session's token, or the answer to send instead (to the sign-in page, or 503)."""
+def _signed_in(request: web.Request, *views: str) -> ApiToken | web.Response:
+    """The session's token, or the answer to send instead (to the sign-in page, or 503).
+
+    Args:
+        request: The request.
+        *views: The views (besides the tokens) the page answers from: 503 until they have
+            read their topics.
+
+    """
     if (starting := _views_starting(request, "tokens")) is not None:
         return starting
     presented = request.cookies.get(_SESSION_COOKIE)
     if presented:
         outcome = coordinator(request.app).tokens.authenticate(presented)
         if outcome.token is not None:
+            if views and (starting := _views_starting(request, *views)) is not None:
+                return starting
             return outcome.token
         log.info("console.session_refused", reason=outcome.failure, token_id=outcome.token_id)
     response = _redirect(f"{_PATH}?expired=1" if presented else _PATH)
@@ -297,21 +306,17 @@ async def _sign_out(request: web.Request) -> web.Response:
 
 
 async def _cases_page(request: web.Request) -> web.Response:
-    actor = _signed_in(request)
+    actor = _signed_in(request, "cases")
     if isinstance(actor, web.Response):
         return actor
-    if (starting := _views_starting(request, "cases")) is not None:
-        return starting
     cases = coordinator(request.app).cases.cases().cases
     return _page(request, "console_cases.html.j2", actor=actor, cases=cases)
 
 
 async def _case_page(request: web.Request) -> web.Response:
-    actor = _signed_in(request)
+    actor = _signed_in(request, "cases")
     if isinstance(actor, web.Response):
         return actor
-    if (starting := _views_starting(request, "cases")) is not None:
-        return starting
     case_id = request.match_info["case_id"]
     detail = coordinator(request.app).cases.case(case_id)
     if detail is None:
@@ -495,11 +500,9 @@ def _apply_problems(form: _Form, problems: list[Any]) -> None:
 
 
 async def _publish(request: web.Request) -> web.Response:
-    actor = _signed_in(request)
+    actor = _signed_in(request, "audit")
     if isinstance(actor, web.Response):
         return actor
-    if (starting := _views_starting(request, "audit")) is not None:
-        return starting
     raw = await _read_form(request)
     if isinstance(raw, web.Response):
         return raw

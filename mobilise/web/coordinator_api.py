@@ -43,11 +43,12 @@ from mobilise.snapshot import StoredRecord
 from schemas import ApiToken, AuditRecord, CaseUpdate, TokenRole, audit_id_for
 from schemas._base import stable_id
 
+from .answers import Answer
 from .cases_view import CasesView
 from .publisher import Record
 from .state import STATE, WebState
 from .tokens import TokenRegistry, issue_token
-from .topic_view import TopicView
+from .topic_view import TopicView, follow_with_app
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
@@ -84,16 +85,7 @@ _BEARER = re.compile(r"^Bearer[ ]+(\S+)[ ]*$", re.IGNORECASE)
 # -- the API's answers -----------------------------------------------------------------------
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        use_attribute_docstrings=True,
-        json_schema_serialization_defaults_required=True,
-    )
-
-
-class FieldProblem(_Answer):
+class FieldProblem(Answer):
     """One thing wrong with a request."""
 
     loc: str
@@ -103,7 +95,7 @@ class FieldProblem(_Answer):
     """What is wrong and how to put it right."""
 
 
-class ApiError(_Answer):
+class ApiError(Answer):
     """The body of every error answer."""
 
     error: str
@@ -111,11 +103,11 @@ class ApiError(_Answer):
     unsupported_media_type, body_too_large, method_not_allowed, starting, kafka_unavailable."""
     detail: str
     """A sentence saying what went wrong and what to do."""
-    fields: list[FieldProblem] = []
+    fields: list[FieldProblem] = []  # noqa: RUF012  # pydantic copies it per instance
     """The fields at fault, for validation_failed (empty otherwise)."""
 
 
-class PublishAccepted(_Answer):
+class PublishAccepted(Answer):
     """A case update recorded on Kafka, with its audit record."""
 
     event_id: str
@@ -135,7 +127,7 @@ class TokenRequest(BaseModel):
     """coordinator (publish and read) or admin (and manage tokens)."""
 
 
-class TokenInfo(_Answer):
+class TokenInfo(Answer):
     """A token as listed (never its secret nor its hash)."""
 
     token_id: str
@@ -168,7 +160,7 @@ class NewToken(TokenInfo):
     """``mob_<token_id>_<secret>``: give it to its holder now, it cannot be shown again."""
 
 
-class TokenList(_Answer):
+class TokenList(Answer):
     """Every token, oldest first."""
 
     tokens: list[TokenInfo]
@@ -284,15 +276,7 @@ def coordinator(app: web.Application) -> Coordinator:
     }
     made = Coordinator(tokens=tokens, cases=cases, ledger=ledger, views=views)
     app[_COORDINATOR] = made
-
-    async def follow(_app: web.Application) -> AsyncIterator[None]:
-        for view in views.values():
-            view.start()
-        yield
-        for view in views.values():
-            await view.close()
-
-    app.cleanup_ctx.append(follow)
+    follow_with_app(app, *views.values())
     return made
 
 
@@ -698,34 +682,50 @@ async def _publish_route(request: web.Request) -> web.Response:
     )
 
 
-def _cases_ready(request: web.Request) -> web.Response | None:
-    if coordinator(request.app).ready("cases"):
-        return None
-    return _unavailable("the web process is still reading the cases; try again shortly", "starting")
+def _cases_reader(request: web.Request) -> CasesView | web.Response:
+    """The cases, for an authenticated request once they are read; or the answer to send instead."""
+    actor = _authenticate(request)
+    if isinstance(actor, web.Response):
+        return actor
+    shared = coordinator(request.app)
+    if not shared.ready("cases"):
+        return _unavailable("the web process is still reading the cases; try again shortly", "starting")
+    return shared.cases
 
 
 async def _list_cases(request: web.Request) -> web.Response:
-    actor = _authenticate(request)
-    if isinstance(actor, web.Response):
-        return actor
-    if (waiting := _cases_ready(request)) is not None:
-        return waiting
-    return _json(coordinator(request.app).cases.cases())
+    cases = _cases_reader(request)
+    if isinstance(cases, web.Response):
+        return cases
+    return _json(cases.cases())
 
 
 async def _show_case(request: web.Request) -> web.Response:
-    actor = _authenticate(request)
-    if isinstance(actor, web.Response):
-        return actor
-    if (waiting := _cases_ready(request)) is not None:
-        return waiting
+    cases = _cases_reader(request)
+    if isinstance(cases, web.Response):
+        return cases
     case_id = request.match_info["case_id"]
-    detail = coordinator(request.app).cases.case(case_id)
+    detail = cases.case(case_id)
     if detail is None:
         return _error(
             404, "not_found", f"no case {case_id!r} has been published; GET /api/v1/cases lists them"
         )
     return _json(detail)
+
+
+async def _record_token(request: web.Request, token: ApiToken) -> None:
+    """Publish ``token``'s record on the api-tokens topic and, once Kafka acknowledged it, use it here.
+
+    Raises:
+        RetryableError: Kafka did not acknowledge it; nothing changed.
+
+    """
+    state = request.app[STATE]
+    await state.publisher.publish(
+        [(state.topics.api_tokens, token.token_id, token.model_dump_json().encode())]
+    )
+    # Read our own write: the token works (or stops working) here before the view reads it back.
+    coordinator(request.app).tokens.apply(token)
 
 
 async def _create_token(request: web.Request) -> web.Response:
@@ -741,17 +741,15 @@ async def _create_token(request: web.Request) -> web.Response:
         return _error(
             422, "validation_failed", "the token request is not valid; see fields", fields=field_problems(exc)
         )
-    state = request.app[STATE]
-    issued = issue_token(wanted.name, wanted.role, now=datetime.fromtimestamp(state.clock(), UTC))
+    issued = issue_token(
+        wanted.name, wanted.role, now=datetime.fromtimestamp(request.app[STATE].clock(), UTC)
+    )
     record = issued.record
     try:
-        await state.publisher.publish(
-            [(state.topics.api_tokens, record.token_id, record.model_dump_json().encode())]
-        )
+        await _record_token(request, record)
     except RetryableError as exc:
         log.error("api.token_not_created", by_token_id=actor.token_id, error=str(exc))
         return _unavailable("Kafka did not acknowledge the new token; no token was made, try again")
-    coordinator(request.app).tokens.apply(record)
     log.info(
         "api.token_created", token_id=record.token_id, role=record.role.value, by_token_id=actor.token_id
     )
@@ -777,16 +775,12 @@ async def _revoke_token(request: web.Request) -> web.Response:
         return _error(404, "not_found", f"no token {token_id!r}; GET /api/v1/tokens lists them")
     if known.revoked_at is not None:
         return _json(TokenInfo.of(known))
-    state = request.app[STATE]
-    revoked = known.model_copy(update={"revoked_at": datetime.fromtimestamp(state.clock(), UTC)})
+    revoked = known.model_copy(update={"revoked_at": datetime.fromtimestamp(request.app[STATE].clock(), UTC)})
     try:
-        await state.publisher.publish(
-            [(state.topics.api_tokens, token_id, revoked.model_dump_json().encode())]
-        )
+        await _record_token(request, revoked)
     except RetryableError as exc:
         log.error("api.token_not_revoked", token_id=token_id, error=str(exc))
         return _unavailable("Kafka did not acknowledge the revocation; the token still works, try again")
-    shared.tokens.apply(revoked)
     log.info("api.token_revoked", token_id=token_id, by_token_id=actor.token_id)
     return _json(TokenInfo.of(revoked))
 

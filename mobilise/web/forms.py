@@ -14,7 +14,9 @@ points:
   (country names are the schemas' English short names).
 * :class:`CsrfGuard` makes and checks CSRF tokens (double submit: a random per-browser
   cookie, and in each form an HMAC of it under the secret key with an expiry);
-  :func:`csrf_token`, :func:`set_csrf_cookie` and :func:`csrf_valid` use it on requests.
+  :func:`csrf_token`, :func:`set_csrf_cookie` and :func:`csrf_valid` use it on requests;
+  :func:`with_csrf` answers a page with a form, :func:`forged_refusal` refuses a post
+  without a valid token, the same way on every page.
 * :func:`render_form` renders the page of the form (``subscription_form.html.j2``).
 """
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
+import structlog
 from aiohttp import web
 from pydantic import EmailStr, SecretStr, TypeAdapter, ValidationError
 
@@ -46,7 +49,7 @@ from schemas import (
 )
 from schemas.subscription import Frequency
 
-from .pages import PAGE_LANGUAGES, render_template
+from .pages import PAGE_LANGUAGES, page_response, render_template
 from .state import STATE
 
 __all__ = [
@@ -65,6 +68,7 @@ __all__ = [
     "csrf_token",
     "csrf_valid",
     "error_message",
+    "forged_refusal",
     "form_texts",
     "frequency_choices",
     "install_csrf",
@@ -81,7 +85,10 @@ __all__ = [
     "status_label",
     "to_subscription",
     "values_of",
+    "with_csrf",
 ]
+
+log = structlog.get_logger(__name__)
 
 ALERT_LANGUAGES = ("en", "fr", "es")
 """Languages the form offers for alerts: those the alert emails have templates in."""
@@ -803,6 +810,47 @@ def csrf_valid(request: web.Request, form: Mapping[str, Any], guard: CsrfGuard) 
     """Whether the posted ``form`` carries a valid token for the browser's cookie."""
     token = form.get(CSRF_FIELD)
     return guard.check(request.cookies.get(CSRF_COOKIE), token if isinstance(token, str) else None)
+
+
+def with_csrf(request: web.Request, guard: CsrfGuard, page: Callable[[str], web.Response]) -> web.Response:
+    """The page ``page(token)`` of a form, with its CSRF token, setting the cookie when the browser has none.
+
+    Args:
+        request: The request the page answers.
+        guard: The app's CSRF guard.
+        page: Makes the page's response from the form's CSRF token.
+
+    """
+    token, cookie = csrf_token(request, guard)
+    response = page(token)
+    set_csrf_cookie(response, cookie, request)
+    return response
+
+
+def forged_refusal(
+    request: web.Request,
+    form: Mapping[str, Any],
+    guard: CsrfGuard,
+    language: str,
+    *,
+    path: str,
+    **context: Any,
+) -> web.Response | None:
+    """The 403 page for a posted ``form`` without a valid CSRF token, logged; None when the token is valid.
+
+    Args:
+        request: The request that posted ``form``.
+        form: The posted fields.
+        guard: The app's CSRF guard.
+        language: The page's language.
+        path: The page's path for the log, without the token a signed link's path carries.
+        **context: What else to log with the refusal (a subscriber id).
+
+    """
+    if csrf_valid(request, form, guard):
+        return None
+    log.info("web.csrf_refused", path=path, **context)
+    return page_response("forbidden", language, status=403, links=[("form", request.path_qs)])
 
 
 def language_switch(language: str) -> list[tuple[str, str, str, bool]]:

@@ -21,27 +21,22 @@ from datetime import datetime
 import structlog
 from aiohttp import web
 
-from mobilise.errors import RetryableError
-from mobilise.links import InvalidLink, LinkSigner
 from schemas import SuppressionReason, country_name
 
-from . import subscribers_view
+from . import signed_pages
 from .forms import (
     CSRF_FIELD,
-    CsrfGuard,
-    csrf_token,
-    csrf_valid,
     form_texts,
     frequency_choices,
-    install_csrf,
     interest_label,
     language_choices,
     language_switch,
     region_label,
-    set_csrf_cookie,
     status_label,
+    with_csrf,
 )
 from .pages import html_response, page_response, render_template, request_language
+from .signed_pages import SignedLink
 from .state import STATE
 from .subscribers_view import SubscriberState
 
@@ -49,8 +44,12 @@ __all__ = ["add_routes"]
 
 log = structlog.get_logger(__name__)
 
-_SIGNER = web.AppKey("mobilise_my_data_signer", LinkSigner)
-_CSRF = web.AppKey("mobilise_my_data_csrf", CsrfGuard)
+# The preferences page's token: whoever may change someone's alerts may see them.
+_LINK = SignedLink(
+    purpose="preferences",
+    path="/my-data",
+    invalid_event="web.my_data_link_invalid",
+)
 _ERASE_FIELD = "erase"
 
 _TEXTS: dict[str, dict[str, str]] = {
@@ -247,18 +246,6 @@ def _rows(current: SubscriberState, subscriber: str, language: str) -> list[tupl
     return rows
 
 
-def _subscriber_of(request: web.Request, language: str) -> str | web.Response:
-    """The subscriber id of the request's token, or the page to answer instead."""
-    signer = request.app.get(_SIGNER)
-    if signer is None:
-        return page_response("unavailable", language, status=503)
-    try:
-        return signer.verify(request.match_info["token"], "preferences")
-    except InvalidLink as exc:
-        log.info("web.my_data_link_invalid", reason=exc.reason, method=request.method)
-        return page_response("invalid_personal_link", language, status=400)
-
-
 def _page(
     request: web.Request,
     language: str,
@@ -269,79 +256,60 @@ def _page(
     status: int = 200,
 ) -> web.Response:
     words = _TEXTS[language]
-    token, cookie = csrf_token(request, request.app[_CSRF])
     base = request.app[STATE].settings.public_url or ""
-    html = render_template(
-        "my_data.html.j2",
-        language=language,
-        title=words["title"],
-        t={**form_texts(language), **words},
-        errors={_ERASE_FIELD: words["erase_missing"]} if missing else {},
-        switch=language_switch(language),
-        rows=_rows(current, subscriber, language),
-        no_subscription=current.subscription is None,
-        csrf_field=CSRF_FIELD,
-        csrf_token=token,
-        erase_field=_ERASE_FIELD,
-        back=f"{base}/preferences/{request.match_info['token']}?lang={language}",
-    )
-    response = html_response(html, language, status=status)
-    set_csrf_cookie(response, cookie, request)
-    return response
+
+    def page(token: str) -> web.Response:
+        html = render_template(
+            "my_data.html.j2",
+            language=language,
+            title=words["title"],
+            t={**form_texts(language), **words},
+            errors={_ERASE_FIELD: words["erase_missing"]} if missing else {},
+            switch=language_switch(language),
+            rows=_rows(current, subscriber, language),
+            no_subscription=current.subscription is None,
+            csrf_field=CSRF_FIELD,
+            csrf_token=token,
+            erase_field=_ERASE_FIELD,
+            back=f"{base}/preferences/{request.match_info['token']}?lang={language}",
+        )
+        return html_response(html, language, status=status)
+
+    return with_csrf(request, signed_pages.csrf_guard(request), page)
 
 
 async def _show(request: web.Request) -> web.Response:
-    language = request_language(request)
-    subscriber = _subscriber_of(request, language)
-    if isinstance(subscriber, web.Response):
-        return subscriber
-    view = await subscribers_view.ready_view(request.app)
-    if view is None:
-        return page_response("unavailable", language, status=503)
-    current = view.subscribers.get(subscriber)
-    if current is None:
-        return page_response("unknown_subscriber", language, status=404, links=[("subscribe", "/subscribe")])
-    return _page(request, language, subscriber, current)
+    visit = await signed_pages.visit(request, _LINK, request_language(request))
+    if isinstance(visit, web.Response):
+        return visit
+    if visit.current is None:
+        return signed_pages.unknown_subscriber(visit.language)
+    return _page(request, visit.language, visit.subscriber, visit.current)
 
 
 async def _erase(request: web.Request) -> web.Response:
-    language = request_language(request)
-    subscriber = _subscriber_of(request, language)
-    if isinstance(subscriber, web.Response):
-        return subscriber
-    form = await request.post()
-    if not csrf_valid(request, form, request.app[_CSRF]):
-        log.info("web.csrf_refused", path="/my-data", subscriber_id=subscriber)
-        return page_response("forbidden", language, status=403, links=[("form", request.path_qs)])
-    view = await subscribers_view.ready_view(request.app)
-    if view is None:
-        return page_response("unavailable", language, status=503)
-    current = view.subscribers.get(subscriber)
-    if form.get(_ERASE_FIELD) != "yes":
+    visit = await signed_pages.visit(request, _LINK, request_language(request))
+    if isinstance(visit, web.Response):
+        return visit
+    assert visit.form is not None  # a POST's form, read and checked by visit
+    current, subscriber, language = visit.current, visit.subscriber, visit.language
+    if visit.form.get(_ERASE_FIELD) != "yes":
         if current is None:
-            return page_response(
-                "unknown_subscriber", language, status=404, links=[("subscribe", "/subscribe")]
-            )
+            return signed_pages.unknown_subscriber(language)
         return _page(request, language, subscriber, current, missing=True, status=400)
-    state = request.app[STATE]
     # Even for a person the view does not know: a tombstone more is harmless, and erasing
     # is what they asked for.
-    try:
-        await view.publish(state.publisher, subscriber, None, now=state.clock())
-    except RetryableError as exc:
-        log.error("web.erasure_not_recorded", subscriber_id=subscriber, error=str(exc))
-        return page_response("unavailable", language, status=503)
+    failed = await signed_pages.record(
+        request, visit, None, now=request.app[STATE].clock(), failure_event="web.erasure_not_recorded"
+    )
+    if failed is not None:
+        return failed
     log.info("web.subscriber_erased", subscriber_id=subscriber, was_known=current is not None)
     return page_response("erased", language, links=[("subscribe", "/subscribe")])
 
 
 def add_routes(app: web.Application) -> None:
     """Add ``GET`` and ``POST /my-data/{token}`` to ``app`` (after :data:`STATE` is set)."""
-    state = app[STATE]
-    csrf = install_csrf(app)
-    if state.settings.secret_key is not None and csrf is not None:
-        app[_SIGNER] = LinkSigner(state.settings.secret_key, clock=state.clock)
-        app[_CSRF] = csrf
-    subscribers_view.install(app)
+    signed_pages.install(app)
     app.router.add_get("/my-data/{token}", _show)
     app.router.add_post("/my-data/{token}", _erase)

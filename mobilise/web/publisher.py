@@ -25,8 +25,8 @@ __all__ = ["KafkaPublisher", "Record"]
 
 log = structlog.get_logger(__name__)
 
-Record = tuple[str, str, bytes]
-"""(topic, key, value) of one record to publish."""
+Record = tuple[str, str, bytes | None]
+"""(topic, key, value) of one record to publish; a value of None is a tombstone (the key is erased)."""
 
 
 class KafkaPublisher:

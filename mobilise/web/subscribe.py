@@ -42,13 +42,12 @@ from .forms import (
     FieldName,
     FormValues,
     check,
-    csrf_token,
-    csrf_valid,
+    forged_refusal,
     install_csrf,
     read_form,
     render_form,
-    set_csrf_cookie,
     to_subscription,
+    with_csrf,
 )
 from .notices import NoticeKind, NoticeNotSent, NoticeSender, notice_sender, render_notice
 from .pages import html_response, page_response, request_language
@@ -89,11 +88,12 @@ def _form_response(
     status: int = 200,
 ) -> web.Response:
     assert parts.csrf is not None
-    token, cookie = csrf_token(request, parts.csrf)
-    html = render_form(language=language, with_email=True, values=values, errors=errors or {}, csrf=token)
-    response = html_response(html, language, status=status)
-    set_csrf_cookie(response, cookie, request)
-    return response
+
+    def page(token: str) -> web.Response:
+        html = render_form(language=language, with_email=True, values=values, errors=errors or {}, csrf=token)
+        return html_response(html, language, status=status)
+
+    return with_csrf(request, parts.csrf, page)
 
 
 def _unconfigured(parts: _Subscribe, language: str) -> web.Response | None:
@@ -127,9 +127,8 @@ async def _submit(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     assert parts.csrf is not None and parts.links is not None and parts.sender is not None
-    if not csrf_valid(request, form, parts.csrf):
-        log.info("web.csrf_refused", path="/subscribe")
-        return page_response("forbidden", language, status=403, links=[("form", request.path_qs)])
+    if (refused := forged_refusal(request, form, parts.csrf, language, path="/subscribe")) is not None:
+        return refused
     values = read_form(form, default_language=language)
     errors = check(values, with_email=True)
     if errors:

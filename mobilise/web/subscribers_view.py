@@ -17,7 +17,7 @@ subscribes them again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +32,7 @@ from schemas import Subscription, Suppression, read_subscriptions_record
 
 from .publisher import KafkaPublisher
 from .state import STATE
-from .topic_view import TopicView
+from .topic_view import TopicView, follow_with_app
 
 __all__ = [
     "SUBSCRIBERS",
@@ -193,8 +193,7 @@ class SubscribersView:
             RetryableError: Kafka did not acknowledge it; nothing was folded.
 
         """
-        # The publisher hands None to aiokafka as is: a tombstone.
-        await publisher.publish([(self.topic, subscriber_id, value)])  # type: ignore[list-item]  # None is a tombstone
+        await publisher.publish([(self.topic, subscriber_id, value)])
         self.apply(subscriber_id, value, now=now)
 
     def apply(self, subscriber_id: str, value: bytes | None, *, now: float) -> None:
@@ -227,13 +226,7 @@ def install(app: web.Application) -> SubscribersView:
         options=kafka_security().client_options(),
     )
     app[SUBSCRIBERS] = view
-
-    async def follow(_app: web.Application) -> AsyncIterator[None]:
-        view.start()
-        yield
-        await view.close()
-
-    app.cleanup_ctx.append(follow)
+    follow_with_app(app, view)
     return view
 
 

@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import structlog
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from mobilise.snapshot import StoredRecord, stored_record
 
-__all__ = ["Fold", "TopicView"]
+__all__ = ["Fold", "Follower", "TopicView", "follow_with_app"]
 
 log = structlog.get_logger(__name__)
 
@@ -178,3 +179,26 @@ class TopicView:
                 offset=record.offset,
                 error=repr(exc),
             )
+
+
+class Follower(Protocol):
+    """A view that follows its topics between :meth:`start` and :meth:`close`."""
+
+    def start(self) -> None:
+        """Begin following."""
+
+    async def close(self) -> None:
+        """Stop following."""
+
+
+def follow_with_app(app: web.Application, *views: Follower) -> None:
+    """Start ``views`` when ``app`` starts and close them when it stops."""
+
+    async def follow(_app: web.Application) -> AsyncIterator[None]:
+        for view in views:
+            view.start()
+        yield
+        for view in views:
+            await view.close()
+
+    app.cleanup_ctx.append(follow)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -18,17 +17,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mobilise.broker import EmbeddedBroker
 from mobilise.settings import load_settings
-from mobilise.snapshot import consumer, read_topic
 from mobilise.web import BackgroundWebServer, create_app
-from mobilise.web.tokens import IssuedToken, issue_token
 from schemas import ApiToken, AuditRecord, CaseUpdate, DeliveryEvent, TokenRole
 from streams.admin import publish
 
+from .coordinators import add_token, read_all, until, web_settings
 from .harness import PipelineHarness
 
 pytestmark = pytest.mark.integration
-
-TIMEOUT = 60.0
 
 
 class Page(HTMLParser):
@@ -70,23 +66,11 @@ class Page(HTMLParser):
         return self.find("input", name="csrf_token")["value"]
 
 
-def add_token(pipeline: PipelineHarness, name: str, role: TokenRole) -> IssuedToken:
-    issued = issue_token(name, role, now=datetime.now(UTC))
-    record = issued.record.model_dump_json().encode()
-    publish([pipeline.broker.bootstrap], pipeline.names.api_tokens, [(issued.record.token_id, record)])
-    return issued
-
-
 class Console:
     def __init__(self, pipeline: PipelineHarness) -> None:
         self.pipeline = pipeline
         self.coordinator = add_token(pipeline, "coordinator-asia", TokenRole.COORDINATOR)
-        settings = load_settings(
-            kafka_bootstrap_servers=pipeline.broker.bootstrap,
-            topic_prefix=pipeline.names.prefix,
-            partitions=pipeline.partitions,
-        )
-        self.server = BackgroundWebServer(settings)
+        self.server = BackgroundWebServer(web_settings(pipeline))
         self.browser = requests.Session()
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
@@ -100,15 +84,6 @@ class Console:
     def sign_in(self, token: str) -> requests.Response:
         page = Page(self.get("/console").text)
         return self.post("/console/sign-in", {"csrf_token": page.csrf(), "token": token})
-
-
-def until(what: str, check: Any, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -128,11 +103,6 @@ def console(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Console]:
         yield running
     finally:
         running.server.stop()
-
-
-def read_all(pipeline: PipelineHarness, topic: str) -> list[Any]:
-    with consumer([pipeline.broker.bootstrap]) as reader:
-        return read_topic(reader, topic)
 
 
 def test_sign_in_sets_a_strict_http_only_cookie_and_refuses_bad_tokens(console: Console) -> None:

@@ -8,7 +8,6 @@ import http.client
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,20 +20,18 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mobilise.broker import EmbeddedBroker
 from mobilise.settings import Settings, load_settings
-from mobilise.snapshot import StoredRecord, consumer, read_topic
 from mobilise.web import BackgroundWebServer, create_app
 from mobilise.web.publisher import KafkaPublisher
-from mobilise.web.tokens import IssuedToken, issue_token
+from mobilise.web.tokens import issue_token
 from schemas import AuditRecord, CaseUpdate, DeliveryEvent, TokenRole
 from schemas._base import stable_id
 from streams.admin import create_topics, publish
 from streams.topics import TopicNames, topic_specs
 
+from .coordinators import TIMEOUT, add_token, read_all, until, web_settings
 from .harness import PipelineHarness
 
 pytestmark = pytest.mark.integration
-
-TIMEOUT = 60.0
 
 
 def update_body(case_id: str = "bd-2026-1", **fields: Any) -> dict[str, Any]:
@@ -51,16 +48,6 @@ def update_body(case_id: str = "bd-2026-1", **fields: Any) -> dict[str, Any]:
     }
 
 
-def add_token(pipeline: PipelineHarness, name: str, role: TokenRole) -> IssuedToken:
-    issued = issue_token(name, role, now=datetime.now(UTC))
-    publish(
-        [pipeline.broker.bootstrap],
-        pipeline.names.api_tokens,
-        [(issued.record.token_id, issued.record.model_dump_json().encode())],
-    )
-    return issued
-
-
 class Api:
     """The web app of one pipeline on a loopback port, with an admin and a coordinator token."""
 
@@ -68,11 +55,7 @@ class Api:
         self.pipeline = pipeline
         self.admin = add_token(pipeline, "Admin Ada", TokenRole.ADMIN)
         self.coordinator = add_token(pipeline, "coordinator-asia", TokenRole.COORDINATOR)
-        self.settings: Settings = load_settings(
-            kafka_bootstrap_servers=pipeline.broker.bootstrap,
-            topic_prefix=pipeline.names.prefix,
-            partitions=pipeline.partitions,
-        )
+        self.settings: Settings = web_settings(pipeline)
         self.server = BackgroundWebServer(self.settings)
 
     def call(
@@ -108,15 +91,6 @@ class Api:
         )
 
 
-def until(what: str, check: Any, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.fixture
 def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> PipelineHarness:
     return PipelineHarness(broker, tmp_path)
@@ -131,12 +105,6 @@ def api(pipeline: PipelineHarness) -> Iterator[Api]:
         yield running
     finally:
         running.server.stop()
-
-
-def read_all(pipeline: PipelineHarness, topic: str) -> list[StoredRecord]:
-    """Every record of ``topic``, whatever its partition count (the harness assumes its own)."""
-    with consumer([pipeline.broker.bootstrap]) as reader:
-        return read_topic(reader, topic)
 
 
 def case_updates(pipeline: PipelineHarness) -> list[tuple[str, CaseUpdate]]:
