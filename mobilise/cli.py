@@ -374,12 +374,14 @@ def dev(demo: bool, port: int | None, web_port: int | None, connectors_file: Pat
         create_topics(settings.bootstrap_servers, topic_specs(names, settings.partitions), 1)
         with BackgroundWebServer(settings, host="127.0.0.1", port=web_chosen) as server:
             click.echo(
-                f"\n  broker   {broker.bootstrap} (embedded, in memory)\n"
-                f"  web      {server.url}  (unsubscribe links in the emails; SendGrid webhook at "
-                "/webhooks/sendgrid)\n"
-                f"  outbox   {outbox}  (one .eml file per alert)\n"
-                f"  publish  KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap} mobilise publish FILE\n"
-                "  stop     Ctrl-C\n"
+                f"\n  broker     {broker.bootstrap} (embedded, in memory)\n"
+                f"  subscribe  {server.url}/subscribe  (the confirmation email lands in the outbox)\n"
+                f"  console    {server.url}/console  (sign in with a token: "
+                f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap} mobilise tokens create --name you)\n"
+                f"  api        {server.url}/api/v1/openapi.json\n"
+                f"  outbox     {outbox}  (one .eml file per email)\n"
+                f"  publish    KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap} mobilise publish FILE\n"
+                "  stop       Ctrl-C\n"
             )
             from streams.worker import run_worker
 

@@ -144,12 +144,16 @@ def test_dev_demo_shows_alerts_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> No
             assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
             assert f"<http://127.0.0.1:{web_port}/unsubscribe/1." in message["List-Unsubscribe"]
             assert len((tmp_path / "data" / "dev-secret-key").read_text().strip()) >= 32
+            # ...and the same web process serves the pages.
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/subscribe", timeout=10) as response:
+                assert response.status == 200 and b"<form" in response.read()
         finally:
             process.send_signal(signal.SIGINT)
             code = process.wait(timeout=60)
     printed = log.read_text()
     assert f"127.0.0.1:{port}" in printed and str(outbox) in printed
-    assert f"http://127.0.0.1:{web_port}" in printed
+    assert f"http://127.0.0.1:{web_port}/subscribe" in printed
+    assert f"http://127.0.0.1:{web_port}/console" in printed
     assert code == 0, printed[-3000:]
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass  # the embedded broker stopped with it
