@@ -2,15 +2,18 @@
 
 An alert email has two kinds of content. Everything about the case (subject, what
 happened, the action call) is the same for every person who gets that update in that
-language: :func:`render_shared` renders it once, with a placeholder token in each of the
-per-person slots (the greeting, the "why you got this" sentence, and the subscriber id in
-the unsubscribe instructions or, with signed links, the person's unsubscribe URL and the
-"Manage your alerts" link to their signed preferences page, right after the reason).
-:func:`render_personal` renders one person's slot
-values, in plain text and in escaped HTML; :func:`fill` puts them in. :func:`render_alert`
-is exactly that composition: the reference every sink is held to. Sinks that send whole
-messages (the outbox, SMTP) build them with :mod:`connectors.mime` from a template of the
-shared part, and SendGrid fills the slots itself from the substitutions: the same email.
+language and gets the same variant of the action call (people in some countries may be
+asked something else: :func:`action_variant`), and who get the same kind of email (an
+alert, or a follow-up thanking those who acted): :func:`render_shared` renders it once,
+with a placeholder token in each of the per-person slots (the greeting, the "why you got
+this" sentence, and the subscriber id in the unsubscribe instructions or, with signed
+links, the person's unsubscribe URL, the "Manage your alerts" link to their signed
+preferences page right after the reason, and the signed "I did this" URL of the action
+call). :func:`render_personal` renders one person's slot values, in plain text and in
+escaped HTML; :func:`fill` puts them in. :func:`render_alert` is exactly that
+composition: the reference every sink is held to. Sinks that send whole messages (the
+outbox, SMTP) build them with :mod:`connectors.mime` from a template of the shared part,
+and SendGrid fills the slots itself from the substitutions: the same email.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ from markupsafe import escape
 from pydantic import BaseModel, ConfigDict
 
 from mobilise.links import PublicLinks
-from schemas import Alert, MatchReason, PublicCase, country_name
+from schemas import (
+    ActionCall,
+    Alert,
+    MatchReason,
+    PublicCase,
+    action_id_for,
+    country_name,
+    known_countries,
+    region_of,
+)
 
 __all__ = [
     "ONE_CLICK",
@@ -39,6 +51,7 @@ __all__ = [
     "PersonalParts",
     "RenderedEmail",
     "SharedEmail",
+    "action_variant",
     "fill",
     "fill_split",
     "personal_substitutions",
@@ -138,6 +151,11 @@ class PersonalParts(BaseModel):
     has links (it follows the reason, on a line of its own)."""
     manage_html: str | None = None
     """The same as an HTML link."""
+    acted_url_text: str | None = None
+    """The person's signed "I did this" URL for the case's action call, when the identity has
+    links and the case has a call."""
+    acted_url_html: str | None = None
+    """The same, escaped for an HTML attribute."""
 
     placeholders: ClassVar[dict[str, str]] = {
         field: f"{PLACEHOLDER_MARK}{field}%"
@@ -152,6 +170,8 @@ class PersonalParts(BaseModel):
             "unsubscribe_url_html",
             "manage_text",
             "manage_html",
+            "acted_url_text",
+            "acted_url_html",
         )
     }
     """Field name → the token that stands for it in a shared body."""
@@ -217,11 +237,64 @@ def unsubscribe_headers(identity: EmailIdentity, subscriber_id: str) -> dict[str
     return {"List-Unsubscribe": f"{value}, <{identity.links.unsubscribe_url(subscriber_id)}>", **ONE_CLICK}
 
 
-def render_shared(case: PublicCase, language: str, identity: EmailIdentity) -> SharedEmail:
+@cache
+def _known_countries() -> frozenset[str]:
+    return known_countries()
+
+
+def _place(home_country: str | None) -> str | None:
+    # Alerts are built without validating again; a code the table does not know (which a
+    # validated subscription cannot hold) is a person whose country is unknown.
+    return home_country if home_country in _known_countries() else None
+
+
+def action_variant(alert: Alert) -> int | None:
+    """Which variant of the case's action call ``alert``'s person gets: its index, or None.
+
+    None is the call itself: no call, no variants, a home country that is unknown or that
+    no variant names. The rule is :meth:`schemas.ActionCall.for_place`'s (the first variant
+    naming the person's country, or its region), without building the call: this runs per
+    person, and people with the same answer share one rendered body.
+    """
+    call = alert.case.action_call
+    if call is None or not call.variants:
+        return None
+    country = _place(alert.home_country)
+    if country is None:
+        return None
+    region = region_of(country)
+    return next(
+        (index for index, v in enumerate(call.variants) if country in v.countries or region in v.regions),
+        None,
+    )
+
+
+def _count(number: int, language: str) -> str:
+    """``number`` as written in ``language`` (a template language): 5,000; 5 000; 5000 or 50 000."""
+    if language == "en":
+        return f"{number:,}"
+    if language == "es" and number < 10_000:  # the RAE groups only numbers of five digits or more
+        return str(number)
+    return f"{number:,}".replace(",", "\u202f")  # a narrow no-break space, in French and Spanish
+
+
+def render_shared(
+    case: PublicCase,
+    language: str,
+    identity: EmailIdentity,
+    *,
+    home_country: str | None = None,
+    follow_up: bool = False,
+) -> SharedEmail:
     """Render what ``case`` looks like for every person speaking ``language``.
 
     ``language`` is the person's language: titles and summaries are picked in it (falling
-    back to English), templates in :func:`template_language` of it.
+    back to English), templates in :func:`template_language` of it. The action call is
+    shown as a person living in ``home_country`` gets it (:meth:`schemas.ActionCall.for_place`),
+    with its suggested message, target, deadline and goal, and, with signed links, the slot
+    of the person's "I did this" link. ``follow_up`` renders the email for people who acted
+    on the case (:attr:`schemas.Alert.follow_up`): its subject and opening thank them and
+    say what the case reached.
 
     Raises:
         ValueError: a text of the case contains :data:`PLACEHOLDER_MARK`, which would be
@@ -236,25 +309,20 @@ def render_shared(case: PublicCase, language: str, identity: EmailIdentity) -> S
             f"the case {case.case_id} contains {PLACEHOLDER_MARK!r}, which is reserved for the "
             "per-person placeholders of alert emails; remove it from the case texts"
         )
-    action = case.action_call
+    chosen = template_language(language)
+    action = case.action_call.for_place(_place(home_country)) if case.action_call else None
+    linked = identity.links is not None
     context = {
         "case": case,
+        "follow_up": follow_up,
         "title": _pick(case.title, language),
         "summary": _pick(case.summary, language),
         "country": country_name(case.country),
         "region": case.region.label,
-        "action": action,
-        "instructions": _pick(action.instructions, language) if action else None,
-        "deadline": (
-            action.deadline.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-            if action and action.deadline
-            else None
-        ),
         "unsubscribe_email": _mailbox(identity.unsubscribe_email),
+        **_action_context(action, language, chosen),
     }
-    linked = identity.links is not None
     env = _environment()
-    chosen = template_language(language)
     subject = env.get_template(f"alert.{chosen}.subject.j2").render(context)
     # With signed links, the "Manage your alerts" slot follows the reason's: its value brings
     # its own line break, so the shared templates need no slot of their own for it.
@@ -264,6 +332,7 @@ def render_shared(case: PublicCase, language: str, identity: EmailIdentity) -> S
         why=_TOKENS["why_text"] + (_TOKENS["manage_text"] if linked else ""),
         subscriber_id=_TOKENS["subscriber_text"],
         unsubscribe_url=_TOKENS["unsubscribe_url_text"] if linked else None,
+        acted_url=_TOKENS["acted_url_text"] if linked and action else None,
     )
     html = env.get_template(f"alert.{chosen}.html.j2").render(
         context,
@@ -271,8 +340,27 @@ def render_shared(case: PublicCase, language: str, identity: EmailIdentity) -> S
         why=_TOKENS["why_html"] + (_TOKENS["manage_html"] if linked else ""),
         subscriber_id=_TOKENS["subscriber_html"],
         unsubscribe_url=_TOKENS["unsubscribe_url_html"] if linked else None,
+        acted_url=_TOKENS["acted_url_html"] if linked and action else None,
     )
     return SharedEmail(language=chosen, subject=" ".join(subject.split()), text=text, html=html)
+
+
+def _action_context(action: ActionCall | None, language: str, chosen: str) -> dict[str, object]:
+    """The template values of the action call as the person gets it (all None without one)."""
+    if action is None:
+        return dict.fromkeys(("action", "instructions", "message", "deadline", "goal_count", "goal_label"))
+    goal = action.goal
+    return {
+        "action": action,
+        "instructions": _pick(action.instructions, language),
+        "message": _pick(action.suggested_message, language) if action.suggested_message else None,
+        "deadline": (
+            action.deadline.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if action.deadline else None
+        ),
+        "goal_count": _count(goal.count, chosen) if goal else None,
+        # Without a label the templates count "actions".
+        "goal_label": _pick(goal.label, language) if goal and goal.label else None,
+    }
 
 
 @lru_cache(maxsize=4096)
@@ -311,6 +399,22 @@ def _manage(language: str) -> tuple[str, str]:
     return str(text), str(html)
 
 
+_last_action: dict[str, tuple[ActionCall, str]] = {}
+
+
+def _action_id(case_id: str, call: ActionCall) -> str:
+    # The alerts of a batch share one case object: derive its action id (a hash of the case,
+    # kind and target) once, not per person. The entry keeps the call alive, so "is" cannot
+    # mistake a new call for it.
+    last = _last_action.get(case_id)
+    if last is not None and last[0] is call:
+        return last[1]
+    action_id = action_id_for(case_id, call)
+    _last_action.clear()
+    _last_action[case_id] = (call, action_id)
+    return action_id
+
+
 def _personal_fields(alert: Alert, identity: EmailIdentity) -> dict[str, str | None]:
     language = template_language(alert.language)
     greeting_text, greeting_html = _greeting(language, alert.name)
@@ -323,6 +427,13 @@ def _personal_fields(alert: Alert, identity: EmailIdentity) -> dict[str, str | N
         text_form, html_form = _manage(language)
         manage_text = text_form.replace(_URL_MARK, preferences)
         manage_html = html_form.replace(_URL_MARK, str(escape(preferences)))
+    acted = None
+    call = alert.case.action_call
+    if identity.links is not None and call is not None:
+        # The call as published names the action, whichever variant the person was asked:
+        # everyone who answers one call counts towards its goal (per region in ActionTaken).
+        action_id = _action_id(alert.case.case_id, call)
+        acted = identity.links.acted_url(alert.subscriber_id, action_id, alert.event_id, language)
     return {
         "greeting_text": greeting_text,
         "greeting_html": greeting_html,
@@ -334,6 +445,8 @@ def _personal_fields(alert: Alert, identity: EmailIdentity) -> dict[str, str | N
         "unsubscribe_url_html": str(escape(url)) if url is not None else None,
         "manage_text": manage_text,
         "manage_html": manage_html,
+        "acted_url_text": acted,
+        "acted_url_html": str(escape(acted)) if acted is not None else None,
     }
 
 
@@ -341,7 +454,8 @@ def render_personal(alert: Alert, identity: EmailIdentity) -> PersonalParts:
     """Render the per-person slot values of ``alert``.
 
     They are its greeting, reason, subscriber id and, when ``identity`` has links, the
-    person's signed unsubscribe URL and "Manage your alerts" link (preferences page).
+    person's signed unsubscribe URL, "Manage your alerts" link (preferences page) and, when
+    the case has an action call, "I did this" URL (:meth:`mobilise.links.PublicLinks.acted_url`).
     Pass the identity the shared body was rendered with: it decides whether the body has
     the slots of the links.
     """
@@ -397,19 +511,22 @@ def fill_split(parts: tuple[str, ...], substitutions: Mapping[str, str]) -> str:
         ) from None
 
 
-_SHARED_CACHE_SIZE = 64
-_shared_cache: dict[tuple[str, str, EmailIdentity], SharedEmail] = {}
+_SHARED_CACHE_SIZE = 128
+_shared_cache: dict[tuple[str, str, int | None, bool, EmailIdentity], SharedEmail] = {}
 
 
 def shared_email(alert: Alert, identity: EmailIdentity) -> SharedEmail:
-    """The shared part of ``alert``'s email, rendered once per update and language."""
-    # An update reaches thousands of people in a handful of languages: render its shared
-    # part once per language. The event id names the update (a replay is the same update).
-    # The person's language, not the template's: titles are picked in it.
-    key = (alert.event_id, alert.language, identity)
+    """The shared part of ``alert``'s email, rendered once per update, language, variant and kind."""
+    # An update reaches thousands of people in a handful of languages and variants of its
+    # call: render its shared part once for each. The event id names the update (a replay
+    # is the same update). The person's language, not the template's: titles are picked in
+    # it. The variant, not the country: everyone a variant does not name shares one body.
+    key = (alert.event_id, alert.language, action_variant(alert), alert.follow_up, identity)
     shared = _shared_cache.get(key)
     if shared is None:
-        shared = render_shared(alert.case, alert.language, identity)
+        shared = render_shared(
+            alert.case, alert.language, identity, home_country=alert.home_country, follow_up=alert.follow_up
+        )
         if len(_shared_cache) >= _SHARED_CACHE_SIZE:
             _shared_cache.pop(next(iter(_shared_cache)))  # the oldest
         _shared_cache[key] = shared

@@ -1,11 +1,13 @@
 """SendGridSink: alerts through SendGrid's v3 Mail Send API, up to 1,000 people per request.
 
-Alerts of one case update in one language share everything but a few slots (greeting,
-"why you got this", subscriber id, and the signed unsubscribe link when
-``MOBILISE_PUBLIC_URL`` is set), so each such group is rendered once and sent as
-requests of up to 1,000 personalizations; SendGrid fills each person's slots from their
-``substitutions``. Planning the requests (:func:`plan_requests`), judging SendGrid's answers
-(:func:`judge_response`) and pacing (:class:`TokenBucket`) are pure; the sink only sends.
+Alerts of one case update in one language, for people asked the same variant of its
+action call and getting the same kind of email (alert or follow-up), share everything but
+a few slots (greeting, "why you got this", subscriber id, and the signed unsubscribe,
+preferences and "I did this" links when ``MOBILISE_PUBLIC_URL`` is set), so each such
+group is rendered once and sent as requests of up to 1,000 personalizations; SendGrid
+fills each person's slots from their ``substitutions``. Planning the requests
+(:func:`plan_requests`), judging SendGrid's answers (:func:`judge_response`) and pacing
+(:class:`TokenBucket`) are pure; the sink only sends.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .rendering import (
     ONE_CLICK,
     EmailIdentity,
     SharedEmail,
+    action_variant,
     fill,
     personal_substitutions,
     render_shared,
@@ -173,14 +176,18 @@ def _address(email: str, name: str | None) -> dict[str, str]:
 
 
 def _groups(alerts: Sequence[Alert]) -> Iterator[list[Alert]]:
-    """Alerts that get the same email body: same event, same language, same case content."""
-    by_key: dict[tuple[str, str], list[tuple[PublicCase, list[Alert]]]] = {}
+    """Alerts that get the same email body.
+
+    Same event, language, variant of the action call, kind of email and case content.
+    """
+    by_key: dict[tuple[str, str, int | None, bool], list[tuple[PublicCase, list[Alert]]]] = {}
     seen: set[str] = set()
     for alert in alerts:
         if alert.alert_id in seen:
             continue
         seen.add(alert.alert_id)
-        groups = by_key.setdefault((alert.event_id, alert.language), [])
+        key = (alert.event_id, alert.language, action_variant(alert), alert.follow_up)
+        groups = by_key.setdefault(key, [])
         for case, members in groups:
             if alert.case is case or alert.case == case:
                 members.append(alert)
@@ -274,12 +281,14 @@ def plan_requests(
 ) -> tuple[list[MailRequest], list[SinkOutcome]]:
     """Plan the Mail Send requests that deliver ``alerts``. Pure.
 
-    Alerts with the same event, language and case content share one rendered body with
-    placeholders; each person's slot values go in their personalization's
-    ``substitutions`` (separate keys for text and escaped HTML), their signed unsubscribe
-    URL among them when ``identity`` has links (then each personalization's
-    ``List-Unsubscribe`` names that URL too, and the request carries the RFC 8058
-    ``List-Unsubscribe-Post`` header). Requests hold at most
+    Alerts with the same event, language, variant of the action call
+    (:func:`connectors.rendering.action_variant`), kind (alert or follow-up) and case
+    content share one rendered body with placeholders; each person's slot values go in
+    their personalization's ``substitutions`` (separate keys for text and escaped HTML),
+    their signed unsubscribe, preferences and "I did this" URLs among them when
+    ``identity`` has links (then each personalization's ``List-Unsubscribe`` names the
+    unsubscribe URL too, and the request carries the RFC 8058 ``List-Unsubscribe-Post``
+    header). Requests hold at most
     1,000 personalizations and never one address twice. A person whose substitutions
     would exceed SendGrid's 10,000 bytes gets a request of their own with the body
     filled in. An alert id given twice is planned once.
@@ -296,7 +305,14 @@ def plan_requests(
 
     for group in _groups(alerts):
         try:
-            shared = render_shared(group[0].case, group[0].language, identity)
+            first = group[0]
+            shared = render_shared(
+                first.case,
+                first.language,
+                identity,
+                home_country=first.home_country,
+                follow_up=first.follow_up,
+            )
         except (jinja2.TemplateError, ValueError) as exc:
             failed.extend(_cannot_render(alert, exc) for alert in group)
             continue

@@ -2,7 +2,8 @@
 
 A link carries a token that names a subscriber and is bound, by an HMAC-SHA256 under
 ``MOBILISE_SECRET_KEY``, to one purpose: "unsubscribe", "preferences" (the preferences
-and my-data pages) or "confirm" (double opt-in). Whoever holds the token may do that one
+and my-data pages), "confirm" (double opt-in) or "acted" (the "I did this" link of an
+action call, bound to that one action as well). Whoever holds the token may do that one
 thing for that one person, which is what an email link is for; nobody can make a token
 for another person or another purpose without the key.
 
@@ -10,10 +11,12 @@ Token format (URL-safe, no padding)::
 
     1.<base64url(subscriber_id)>.<expiry: Unix seconds, 0 = never>.<base64url(HMAC-SHA256)>
 
-The MAC covers the format version, the purpose, the subscriber id and the expiry.
+The MAC covers the format version, the purpose, the subscriber id, the expiry and, for a
+scoped link ("acted"), its scope, which the URL carries beside the token.
 Unsubscribe links never expire: an email read months later must still work (and RFC 8058
 one-click requests come from mail providers at any time); nor do preferences links, which
-are in every email. Confirmation links do (the web process signs them for 7 days).
+are in every email, nor "I did this" links (people act, and say so, days later).
+Confirmation links do (the web process signs them for 7 days).
 Changing the secret key invalidates every link in every email already sent, so keep it
 stable.
 """
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Literal, get_args
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +60,7 @@ _VERSION = "1"
 _DOMAIN = b"mobilise.link"
 _SUBSCRIBER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _TOKEN = re.compile(r"^1\.([A-Za-z0-9_-]{1,172})\.(\d{1,12})\.([A-Za-z0-9_-]{43})$")
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~:-]+")  # unreserved, and ":" (legal in a path segment and a query)
 _LOOPBACK_NAMES = frozenset({"localhost"})
 _GENERATE = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
@@ -220,6 +224,29 @@ class PublicLinks:
         """The double opt-in URL of ``subscriber_id``'s pending subscription, valid for ``expires_in``."""
         token = self.signer.sign("confirm", subscriber_id, expires_in=expires_in)
         return f"{self.public_url}/confirm/{token}"
+
+    def acted_url(self, subscriber_id: str, action_id: str, event_id: str, language: str) -> str:
+        """The "I did this" URL of ``subscriber_id`` for one action (never expires).
+
+        ``{public_url}/acted/{action_id}/{token}?event={event_id}&lang={language}``: the token
+        is signed for "acted" with ``scope=action_id``, so it says "this person did this
+        action" and nothing else; ``event`` names the update whose email carried the link,
+        ``lang`` the language to answer in.
+
+        Raises:
+            ValueError: a malformed subscriber id (see :meth:`LinkSigner.sign`).
+
+        """
+        token = self.signer.sign("acted", subscriber_id, scope=action_id)
+        return (
+            f"{self.public_url}/acted/{_quoted(action_id)}/{token}"
+            f"?event={_quoted(event_id)}&lang={_quoted(language)}"
+        )
+
+
+def _quoted(text: str) -> str:
+    # Ids are slugs and need no escaping; quote() on every link of every email costs more.
+    return text if _URL_SAFE.fullmatch(text) else quote(text, safe=":")
 
 
 def _is_loopback(host: str) -> bool:
