@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import faust
 import structlog
 from pydantic import ValidationError
 
-from schemas import AlertBatch, CaseUpdate, Recipient, alert_id_for, batch_id_for
+from schemas import (
+    AlertBatch,
+    CaseUpdate,
+    MatchReason,
+    PublicCase,
+    Recipient,
+    Subscription,
+    alert_id_for,
+    batch_id_for,
+)
 
+from .acted import ActedCases, follow_ups_for
 from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
 from .shards import SubscriberShards
 
-__all__ = ["MAX_RECORD_BYTES", "Matcher", "encode_batch"]
+__all__ = ["MAX_RECORD_BYTES", "Matcher", "alert_batches", "encode_batch", "split_follow_ups"]
 
 MAX_RECORD_BYTES = 512 * 1024
 """Largest alert batch record written: half of Kafka's default ``message.max.bytes`` and of
@@ -42,6 +53,62 @@ def encode_batch(batch: AlertBatch, max_bytes: int = MAX_RECORD_BYTES) -> list[t
     ]
 
 
+def alert_batches(
+    *,
+    event_id: str,
+    partition: int,
+    case: PublicCase,
+    created_at: datetime,
+    people: Iterable[tuple[Subscription, MatchReason]],
+    batch_size: int,
+    follow_up: bool = False,
+) -> list[AlertBatch]:
+    """The alert batches of ``case`` for ``people``: one language and ``batch_size`` people at most each.
+
+    Batch ids are deterministic (``batch_id_for``); follow-up batches get their own, with a
+    ``-follow-up`` suffix, so they never share an id (nor a ``sent-alerts`` row) with the
+    update's other batches. A person's alert id is ``alert_id_for(event_id, subscriber_id)``
+    either way, so nobody gets the update twice, whichever batch carries them.
+    """
+    by_language: dict[str, list[Recipient]] = {}
+    for subscription, reason in people:
+        # Values come from a validated subscription and the validated case.
+        by_language.setdefault(subscription.language, []).append(
+            Recipient.model_construct(
+                alert_id=alert_id_for(event_id, subscription.subscriber_id),
+                subscriber_id=subscription.subscriber_id,
+                email=subscription.email,
+                name=subscription.name,
+                reason=reason,
+                home_country=subscription.home_country,
+            )
+        )
+    suffix = "-follow-up" if follow_up else ""
+    return [
+        AlertBatch.model_construct(
+            schema_version=1,
+            batch_id=batch_id_for(event_id, partition, language, index) + suffix,
+            event_id=event_id,
+            language=language,
+            case=case,
+            follow_up=follow_up,
+            created_at=created_at,
+            recipients=tuple(recipients[start : start + batch_size]),
+        )
+        for language, recipients in sorted(by_language.items())
+        for index, start in enumerate(range(0, len(recipients), batch_size))
+    ]
+
+
+def split_follow_ups(
+    matched: Iterable[tuple[Subscription, MatchReason]],
+    follow_ups: list[tuple[Subscription, MatchReason]],
+) -> list[tuple[Subscription, MatchReason]]:
+    """``matched`` without the people who get a follow-up: one email per person per update."""
+    following = {s.subscriber_id for s, _ in follow_ups}
+    return [(s, reason) for s, reason in matched if s.subscriber_id not in following]
+
+
 log = structlog.get_logger(__name__)
 
 
@@ -54,6 +121,10 @@ class Matcher:
     sink's batch), so a sink gets batches it can send whole (SendGrid: one request per
     batch). Every batch is acknowledged by the broker before the update's offset can be
     committed.
+
+    An update that wins or closes a case also goes, as a follow-up, to the people of the
+    partition who acted on it (``acted``): in follow-up batches of their own, and then in
+    no other batch of that update.
     """
 
     stage = "match"
@@ -62,6 +133,7 @@ class Matcher:
         self,
         *,
         shards: SubscriberShards,
+        acted: ActedCases,
         alerts_topic: faust.TopicT,
         dead_letters: DeadLetters,
         metrics: PipelineMetrics,
@@ -70,6 +142,7 @@ class Matcher:
         self._metrics = metrics
         self._batch_size = batch_size
         self._shards = shards
+        self._acted = acted
         self._alerts = alerts_topic
         self._dead_letters = dead_letters
 
@@ -93,36 +166,34 @@ class Matcher:
         started = time.perf_counter()
         public = update.public()
         now = datetime.now(UTC)
-        by_language: dict[str, list[Recipient]] = {}
-        for subscription, reason in shard.match(public):
-            # Values come from a validated subscription and the validated case.
-            by_language.setdefault(subscription.language, []).append(
-                Recipient.model_construct(
-                    alert_id=alert_id_for(update.event_id, subscription.subscriber_id),
-                    subscriber_id=subscription.subscriber_id,
-                    email=subscription.email,
-                    name=subscription.name,
-                    reason=reason,
-                )
+        follow_ups = follow_ups_for(public, self._acted.who_acted(partition, update.case_id), shard)
+        normal = split_follow_ups(shard.match(public), follow_ups)
+        batches = [
+            batch
+            for people, follow_up in ((normal, False), (follow_ups, True))
+            for batch in alert_batches(
+                event_id=update.event_id,
+                partition=partition,
+                case=public,
+                created_at=now,
+                people=people,
+                batch_size=self._batch_size,
+                follow_up=follow_up,
             )
+        ]
         pending = []
-        matched = 0
-        size = self._batch_size
-        for language, people in sorted(by_language.items()):
-            matched += len(people)
-            for index, start in enumerate(range(0, len(people), size)):
-                batch = AlertBatch.model_construct(
-                    schema_version=1,
-                    batch_id=batch_id_for(update.event_id, partition, language, index),
-                    event_id=update.event_id,
-                    language=language,
-                    case=public,
-                    created_at=now,
-                    recipients=tuple(people[start : start + size]),
-                )
-                for key, value in encode_batch(batch):
-                    pending.append(await self._alerts.send(key=key, value=value, partition=partition))
+        for batch in batches:
+            for key, value in encode_batch(batch):
+                pending.append(await self._alerts.send(key=key, value=value, partition=partition))
+        matched = len(normal) + len(follow_ups)
         await asyncio.gather(*pending)
         self._metrics.match_seconds.observe(time.perf_counter() - started)
         self._metrics.alerts.inc(matched)
-        bound.info("case_update.matched", matched=matched, batches=len(pending), shard_size=len(shard))
+        self._metrics.follow_ups.inc(len(follow_ups))
+        bound.info(
+            "case_update.matched",
+            matched=matched,
+            follow_ups=len(follow_ups),
+            batches=len(pending),
+            shard_size=len(shard),
+        )

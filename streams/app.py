@@ -17,6 +17,7 @@ from connectors.runtime import ConnectorRuntime
 from mobilise.kafka_security import kafka_security
 from mobilise.settings import Settings
 
+from .acted import ActedCases, ActionIntake
 from .alerting import Matcher
 from .bulk import BulkProducer
 from .consumer import RewindingConsumer
@@ -59,6 +60,7 @@ class Pipeline:
     subscribers: PartitionedTable
     seen: PartitionedTable
     sent: PartitionedTable
+    acted: PartitionedTable
     metrics: PipelineMetrics
     readiness: Readiness
 
@@ -86,7 +88,13 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         stream_wait_empty=False,
     )
     names = TopicNames(prefix=settings.topic_prefix)
-    names_read = {names.case_updates, names.subscriptions, names.case_fanout, names.alerts}
+    names_read = {
+        names.case_updates,
+        names.subscriptions,
+        names.case_fanout,
+        names.alerts,
+        names.actions_taken,
+    }
     # This app's transport only, not faust's class: other apps in the process are untouched.
     consumer_class = type(
         "PipelineConsumer",
@@ -98,6 +106,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     subscriptions = _raw_topic(app, names.subscriptions, partitions)
     case_fanout = _raw_topic(app, names.case_fanout, partitions)
     alerts = _raw_topic(app, names.alerts, partitions)
+    actions_taken = _raw_topic(app, names.actions_taken, partitions)
     _raw_topic(app, names.deliveries, partitions)  # declared, written through the bulk producer
     metrics = PipelineMetrics()
     dead_letters = DeadLetters(_raw_topic(app, names.dead_letters, partitions), metrics=metrics)
@@ -106,6 +115,8 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     seen = declare_table(app, "seen-events", partitions, "First position of each case update event_id")
     sent = declare_table(app, "sent-alerts", partitions, "Alert ids the sink accepted, per alert batch")
     sent_alerts = SentAlerts(sent)
+    acted_table = declare_table(app, "acted-cases", partitions, "Who acted on which case, by subscriber_id")
+    acted = ActedCases(acted_table)
     shards = SubscriberShards()
     metrics.subscribers.set_function(lambda: sum(len(s) for p in shards.partitions if (s := shards.shard(p))))
     readiness = Readiness()
@@ -113,9 +124,13 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     fanout = FanOut(
         fanout_topic=case_fanout, partitions=partitions, seen=seen, dead_letters=dead_letters, metrics=metrics
     )
-    intake = SubscriptionIntake(shards=shards, table=subscribers, dead_letters=dead_letters)
+    intake = SubscriptionIntake(
+        shards=shards, table=subscribers, dead_letters=dead_letters, on_erased=[acted.forget]
+    )
+    actions = ActionIntake(acted=acted, subscribers=subscribers, dead_letters=dead_letters)
     matcher = Matcher(
         shards=shards,
+        acted=acted,
         alerts_topic=alerts,
         dead_letters=dead_letters,
         metrics=metrics,
@@ -189,6 +204,11 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         async for event in stream.events():
             await intake.process(event)
 
+    @app.agent(actions_taken, name="acted")
+    async def _acted(stream: Any) -> None:
+        async for event in stream.events():
+            await actions.process(event)
+
     @app.agent(case_fanout, name="match")
     async def _match(stream: Any) -> None:
         async for event in stream.events():
@@ -206,6 +226,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     async def _load_shards(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.subscriptions}
         built = shards.assign(owned, subscribers.items())
+        acted_people = acted.assign(owned, acted_table.items())
         sent_known = sent_alerts.load(sent.items())
         readiness.partitions = frozenset(owned)
         readiness.shards_loaded = True
@@ -215,6 +236,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
             partitions=sorted(owned),
             built=built,
             sent_known=sent_known,
+            acted=acted_people,
             subscribers=sum(len(s) for p in owned if (s := shards.shard(p)) is not None),
         )
 
@@ -237,6 +259,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         subscribers=subscribers,
         seen=seen,
         sent=sent,
+        acted=acted_table,
         metrics=metrics,
         readiness=readiness,
     )

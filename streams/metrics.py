@@ -31,6 +31,11 @@ class PipelineMetrics:
             "Alerts produced on the alerts topic (one per matching subscriber and update).",
             registry=registry,
         )
+        self.follow_ups = Counter(
+            "mobilise_follow_ups_emitted_total",
+            "Alerts produced as follow-ups for people who acted on a won or closed case (also in alerts).",
+            registry=registry,
+        )
         self.match_seconds = Histogram(
             "mobilise_match_seconds",
             "Time to match one update against one shard and produce its alerts.",

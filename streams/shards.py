@@ -11,7 +11,7 @@ tombstone removes the row whatever it holds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -75,7 +75,8 @@ class SubscriptionIntake:
     * A Suppression removes the person from the index and the table (keeping only the
       suppression), unless their stored subscription was created after it occurred: a
       bounce reported late must not cancel a fresh re-subscription.
-    * A tombstone erases the person, suppression included.
+    * A tombstone erases the person, suppression included, and calls each of ``on_erased``
+      with their subscriber_id and partition, so other state about them goes too.
 
     Applying the same record twice gives the same state, so replays are harmless.
     """
@@ -83,11 +84,17 @@ class SubscriptionIntake:
     stage = "subscriptions"
 
     def __init__(
-        self, *, shards: SubscriberShards, table: PartitionedTable, dead_letters: DeadLetters
+        self,
+        *,
+        shards: SubscriberShards,
+        table: PartitionedTable,
+        dead_letters: DeadLetters,
+        on_erased: Sequence[Callable[[str, int], object]] = (),
     ) -> None:
         self._shards = shards
         self._table = table
         self._dead_letters = dead_letters
+        self._on_erased = tuple(on_erased)
 
     async def process(self, event: RawEvent) -> None:
         """Upsert, suppress, or erase on a tombstone."""
@@ -106,6 +113,8 @@ class SubscriptionIntake:
             shard.remove(key)
             with on_partition(message.partition):
                 self._table.pop(key, None)
+            for erase in self._on_erased:
+                erase(key, message.partition)
             log.info("subscription.erased", subscriber_id=key, partition=message.partition)
             return
         try:
