@@ -19,6 +19,7 @@ from mobilise.settings import Settings
 from streams.topics import TopicNames
 
 from . import (
+    acted,
     confirm,
     console,
     coordinator_api,
@@ -51,6 +52,7 @@ ROUTE_MODULES: tuple[Callable[[web.Application], None], ...] = (
     confirm.add_routes,
     preferences.add_routes,
     my_data.add_routes,
+    acted.add_routes,
 )
 """Every feature of the web process, in the order its routes are added."""
 

@@ -1,8 +1,8 @@
-"""Each case's timeline and delivery counts: a fold of ``case-updates`` and ``deliveries``.
+"""Each case's timeline, delivery and action counts: case-updates, deliveries and actions-taken folded.
 
-The coordinators' API and console answer "where does this case stand, and how many
-people did it reach" from this view, which every web process builds for itself by
-reading both topics from the beginning (:class:`~mobilise.web.topic_view.TopicView`).
+The coordinators' API and console answer "where does this case stand, how many people
+did it reach, and how many acted" from this view, which every web process builds for
+itself by reading the topics from the beginning (:class:`~mobilise.web.topic_view.TopicView`).
 
 Counts are of distinct alerts (an alert is one case update for one subscriber), from the
 delivery events recorded for them:
@@ -11,10 +11,20 @@ delivery events recorded for them:
 * ``sent``: alerts the sink took (``accepted``) or had already sent (``duplicate``);
 * ``failed``: alerts dead-lettered (a permanent failure) and never sent since, e.g. by a replay;
 * ``bounced``: sent alerts the provider then reported as ``bounced``, ``blocked`` or
-  ``dropped``: they did not reach the person.
+  ``dropped``: they did not reach the person;
+* ``opened``: alerts the provider reported ``opened`` (or ``clicked``); null while no open
+  was ever reported for the case, as with a sink that cannot tell (outbox, SMTP);
+* ``acted``: people who said they did one of the case's action calls (distinct
+  ``taken_id``: a person counts once per action, however often they click).
 
-Every record is folded idempotently (updates by event id, deliveries by alert id), so a
-record read twice, or folded once when published here and again when read back, counts once.
+Each action call of a case (:func:`~schemas.action_id_for` names it across the updates
+that repeat it) has its own counters (:class:`ActionCounts`): ``sent`` and ``opened`` of
+the alerts of the updates carrying it, ``acted``, its goal and the progress toward it, and
+who acted per UN M49 region of where they live.
+
+Every record is folded idempotently (updates by event id, deliveries by alert id, actions
+taken by taken id), so a record read twice, or folded once when published here and again
+when read back, counts once.
 """
 
 from __future__ import annotations
@@ -27,18 +37,30 @@ import structlog
 from pydantic import ValidationError
 
 from mobilise.snapshot import StoredRecord
-from schemas import CaseStatus, CaseUpdate, DeliveryEvent, DeliveryOutcome
+from schemas import (
+    ActionKind,
+    ActionTaken,
+    CaseStatus,
+    CaseUpdate,
+    DeliveryEvent,
+    DeliveryOutcome,
+    action_id_for,
+)
 
 from .answers import Answer
 
 __all__ = [
     "BOUNCED_OUTCOMES",
+    "OPENED_OUTCOMES",
     "SENT_OUTCOMES",
+    "UNKNOWN_REGION",
+    "ActionCounts",
     "CaseCounts",
     "CaseDetail",
     "CaseList",
     "CaseSummary",
     "CasesView",
+    "GoalInfo",
     "TimelineEntry",
 ]
 
@@ -48,8 +70,12 @@ SENT_OUTCOMES = frozenset({DeliveryOutcome.ACCEPTED, DeliveryOutcome.DUPLICATE})
 """Outcomes that count an alert as sent."""
 BOUNCED_OUTCOMES = frozenset({DeliveryOutcome.BOUNCED, DeliveryOutcome.BLOCKED, DeliveryOutcome.DROPPED})
 """Provider outcomes that count a sent alert as bounced: it did not reach the person."""
+OPENED_OUTCOMES = frozenset({DeliveryOutcome.OPENED, DeliveryOutcome.CLICKED})
+"""Provider outcomes that count an alert as opened (a click is an open that tracking missed)."""
+UNKNOWN_REGION = "unknown"
+"""The key of :attr:`ActionCounts.by_region` for people who did not say where they live."""
 
-_SENT, _DEAD, _BOUNCED = 1, 2, 4
+_SENT, _DEAD, _BOUNCED, _OPENED = 1, 2, 4, 8
 
 
 class CaseCounts(Answer):
@@ -63,6 +89,43 @@ class CaseCounts(Answer):
     """Alerts dead-lettered and not sent since."""
     bounced: int
     """Sent alerts the provider reported bounced, blocked or dropped."""
+    opened: int | None
+    """Alerts the provider reported opened (or clicked); null when no open was ever reported
+    for the case (a sink that cannot tell, or open tracking off)."""
+    acted: int
+    """People who said they did one of the case's action calls, once per person and action."""
+
+
+class GoalInfo(Answer):
+    """What the coordinators aim for with an action call."""
+
+    count: int
+    """The number to reach."""
+    label: dict[str, str] | None
+    """What is counted, per language code, e.g. ``{"en": "emails to H&M"}``; null if not said."""
+
+
+class ActionCounts(Answer):
+    """One action call of a case, over every update that carried it."""
+
+    action_id: str
+    """The action (``schemas.action_id_for``): the same across updates repeating the call."""
+    kind: ActionKind
+    """What people are asked to do (as the latest update carrying it says)."""
+    goal: GoalInfo | None
+    """Its goal, if the latest update carrying it sets one."""
+    sent: int
+    """Alerts of the updates carrying it that the sink took (or had already sent)."""
+    opened: int | None
+    """Of those, alerts the provider reported opened (or clicked); null when the provider
+    reported no open for them (a sink that cannot tell, or open tracking off)."""
+    acted: int
+    """People who said they did it (or something else for the case), each counted once."""
+    progress: float | None
+    """``acted / goal.count`` (1.0 is the goal reached; it may pass it); null without a goal."""
+    by_region: dict[str, int]
+    """People who acted, per UN M49 region slug of where they live
+    (``"unknown"`` for those who did not say)."""
 
 
 class TimelineEntry(Answer):
@@ -106,6 +169,8 @@ class CaseDetail(CaseSummary):
     """Brands named by the latest update."""
     issues: list[str]
     """Issues of the latest update."""
+    actions: list[ActionCounts]
+    """Each action call of the case, in the order it first occurred, with its counters."""
     timeline: list[TimelineEntry]
     """Every update, in the order they occurred (oldest first)."""
 
@@ -129,17 +194,22 @@ class _Case:
 @dataclass
 class _Deliveries:
     flags: dict[str, int] = field(default_factory=dict)
-    """alert id → _SENT | _DEAD | _BOUNCED bits seen."""
+    """alert id → _SENT | _DEAD | _BOUNCED | _OPENED bits seen."""
     matched: int = 0
     sent: int = 0
     failed: int = 0
     bounced: int = 0
+    opened: int = 0
+    by_event: dict[str, list[int]] = field(default_factory=dict)
+    """event id → [sent, opened] of its alerts."""
 
-    def add(self, alert_id: str, outcome: DeliveryOutcome) -> None:
+    def add(self, alert_id: str, event_id: str, outcome: DeliveryOutcome) -> None:
         old = self.flags.get(alert_id)
         bit = (
-            _SENT if outcome in SENT_OUTCOMES else _DEAD if outcome is DeliveryOutcome.DEAD_LETTERED else 0
-        ) | (_BOUNCED if outcome in BOUNCED_OUTCOMES else 0)
+            (_SENT if outcome in SENT_OUTCOMES else _DEAD if outcome is DeliveryOutcome.DEAD_LETTERED else 0)
+            | (_BOUNCED if outcome in BOUNCED_OUTCOMES else 0)
+            | (_OPENED if outcome in OPENED_OUTCOMES else 0)
+        )
         new = (old or 0) | bit
         if old is not None and new == old:
             return
@@ -149,17 +219,42 @@ class _Deliveries:
         self.sent += after[1] - before[1]
         self.failed += after[2] - before[2]
         self.bounced += after[3] - before[3]
+        self.opened += after[4] - before[4]
+        event = self.by_event.setdefault(event_id, [0, 0])
+        event[0] += after[1] - before[1]
+        event[1] += after[4] - before[4]
 
-    def counts(self) -> CaseCounts:
-        return CaseCounts(matched=self.matched, sent=self.sent, failed=self.failed, bounced=self.bounced)
 
-
-def _categories(flags: int | None) -> tuple[int, int, int, int]:
-    """(matched, sent, failed, bounced) membership of an alert with ``flags`` (None: unseen)."""
+def _categories(flags: int | None) -> tuple[int, int, int, int, int]:
+    """(matched, sent, failed, bounced, opened) membership of an alert with ``flags`` (None: unseen)."""
     if flags is None:
-        return (0, 0, 0, 0)
+        return (0, 0, 0, 0, 0)
     sent = bool(flags & _SENT)
-    return (1, int(sent), int(bool(flags & _DEAD) and not sent), int(bool(flags & _BOUNCED)))
+    return (
+        1,
+        int(sent),
+        int(bool(flags & _DEAD) and not sent),
+        int(bool(flags & _BOUNCED)),
+        int(bool(flags & _OPENED)),
+    )
+
+
+@dataclass
+class _Actions:
+    taken: dict[str, ActionTaken] = field(default_factory=dict)
+    """taken id → the latest record of it (a person's second click may say something else)."""
+
+    def add(self, record: ActionTaken) -> None:
+        known = self.taken.get(record.taken_id)
+        if known is None or record.at > known.at:
+            self.taken[record.taken_id] = record
+
+    def by_region(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.taken.values():
+            key = record.region.value if record.region is not None else UNKNOWN_REGION
+            counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items()))
 
 
 class CasesView:
@@ -168,14 +263,20 @@ class CasesView:
     Args:
         case_updates: Name of the case-updates topic.
         deliveries: Name of the deliveries topic.
+        actions_taken: Name of the actions-taken topic; None for a view without it.
 
     """
 
-    def __init__(self, *, case_updates: str, deliveries: str) -> None:
+    def __init__(self, *, case_updates: str, deliveries: str, actions_taken: str | None = None) -> None:
         self._case_updates = case_updates
         self._deliveries_topic = deliveries
+        self._actions_taken = actions_taken
         self._cases: dict[str, _Case] = {}
         self._deliveries: dict[str, _Deliveries] = {}
+        self._actions: dict[str, _Actions] = {}
+        """action id → who acted on it."""
+        self._acted_by_case: dict[str, set[str]] = {}
+        """case id → taken ids of its actions."""
         self._events: dict[str, CaseUpdate] = {}
         self._arrivals = itertools.count()
         self.skipped = 0
@@ -190,6 +291,8 @@ class CasesView:
                 self.add_update(CaseUpdate.model_validate_json(record.value))
             elif record.topic == self._deliveries_topic:
                 self.add_delivery(DeliveryEvent.model_validate_json(record.value))
+            elif record.topic == self._actions_taken:
+                self.add_taken(ActionTaken.model_validate_json(record.value))
         except ValidationError as exc:
             self.skipped += 1
             log.warning(
@@ -211,7 +314,19 @@ class CasesView:
 
     def add_delivery(self, event: DeliveryEvent) -> None:
         """Count a delivery event towards its case."""
-        self._deliveries.setdefault(event.case_id, _Deliveries()).add(event.alert_id, event.outcome)
+        self._deliveries.setdefault(event.case_id, _Deliveries()).add(
+            event.alert_id, event.event_id, event.outcome
+        )
+
+    def add_taken(self, record: ActionTaken) -> None:
+        """Count a person's "I did this" towards its action and case (once per taken id)."""
+        self._actions.setdefault(record.action_id, _Actions()).add(record)
+        self._acted_by_case.setdefault(record.case_id, set()).add(record.taken_id)
+
+    def acted(self, action_id: str) -> int:
+        """How many people said they did ``action_id``."""
+        actions = self._actions.get(action_id)
+        return len(actions.taken) if actions is not None else 0
 
     def event(self, event_id: str) -> CaseUpdate | None:
         """The update ``event_id``, whatever its case; None if it has not been folded."""
@@ -224,8 +339,50 @@ class CasesView:
 
     def counts(self, case_id: str) -> CaseCounts:
         """The counts of ``case_id`` (all zero for a case nothing was delivered for)."""
-        deliveries = self._deliveries.get(case_id)
-        return deliveries.counts() if deliveries else CaseCounts(matched=0, sent=0, failed=0, bounced=0)
+        deliveries = self._deliveries.get(case_id) or _Deliveries()
+        return CaseCounts(
+            matched=deliveries.matched,
+            sent=deliveries.sent,
+            failed=deliveries.failed,
+            bounced=deliveries.bounced,
+            opened=deliveries.opened or None,
+            acted=len(self._acted_by_case.get(case_id, ())),
+        )
+
+    def actions(self, case_id: str) -> list[ActionCounts]:
+        """The counters of each action call of ``case_id``, in the order each first occurred."""
+        case = self._cases.get(case_id)
+        if case is None:
+            return []
+        deliveries = self._deliveries.get(case_id) or _Deliveries()
+        calls: dict[str, list[CaseUpdate]] = {}
+        for update in case.ordered():
+            if update.action_call is not None:
+                calls.setdefault(action_id_for(case_id, update.action_call), []).append(update)
+        return [self._action(action_id, updates, deliveries) for action_id, updates in calls.items()]
+
+    def _action(self, action_id: str, updates: list[CaseUpdate], deliveries: _Deliveries) -> ActionCounts:
+        call = updates[-1].action_call
+        assert call is not None  # only updates with a call are grouped
+        per_event = [deliveries.by_event.get(u.event_id, [0, 0]) for u in updates]
+        opened = sum(counts[1] for counts in per_event)
+        acted = self.acted(action_id)
+        goal = (
+            GoalInfo(count=call.goal.count, label=dict(call.goal.label) if call.goal.label else None)
+            if call.goal is not None
+            else None
+        )
+        taken = self._actions.get(action_id)
+        return ActionCounts(
+            action_id=action_id,
+            kind=call.kind,
+            goal=goal,
+            sent=sum(counts[0] for counts in per_event),
+            opened=opened or None,
+            acted=acted,
+            progress=acted / goal.count if goal is not None else None,
+            by_region=taken.by_region() if taken is not None else {},
+        )
 
     def cases(self) -> CaseList:
         """Every case with at least one update, the one whose latest update occurred last first."""
@@ -244,6 +401,7 @@ class CasesView:
             **self._summary(case_id, ordered).model_dump(),
             brands=list(latest.brands),
             issues=list(latest.issues),
+            actions=self.actions(case_id),
             timeline=[
                 TimelineEntry(
                     event_id=u.event_id,

@@ -9,7 +9,9 @@ language; the French and Spanish text fields are marked with their own ``lang``)
   checked again on every request, so a revoked token ends its sessions as soon as this
   process has read the revocation.
 * ``GET /console/cases``: every case with its latest status and counts;
-  ``GET /console/cases/{case_id}``: its timeline and counts.
+  ``GET /console/cases/{case_id}``: its timeline and counts, and per action call the alerts
+  sent and opened, the people who acted, the progress toward its goal, and who acted per
+  region of where they live.
 * ``GET /console/publish``: the form (``?case_id=`` fills it in from that case's latest
   update); ``POST /console/publish`` validates it with the CaseUpdate schema, shows each
   message next to its field, and publishes exactly as ``POST /api/v1/case-updates`` does
@@ -44,11 +46,13 @@ from schemas import (
     ApiToken,
     CaseStatus,
     CaseUpdate,
+    Region,
     country_name,
     known_countries,
     known_interests,
 )
 
+from .cases_view import UNKNOWN_REGION, ActionCounts
 from .coordinator_api import IDEMPOTENCY_HEADER, Coordinator, InvalidUpdate, coordinator, publish_case_update
 from .state import STATE
 
@@ -331,9 +335,31 @@ async def _case_page(request: web.Request) -> web.Response:
         "console_case.html.j2",
         actor=actor,
         case=detail,
+        actions=[_action_row(action) for action in detail.actions],
         published=published,
         publish_url=f"{_PATH}/publish?case_id={quote(case_id, safe='')}",
     )
+
+
+def _action_row(action: ActionCounts) -> dict[str, Any]:
+    """What the case page shows of one action call's counters."""
+    progress = None
+    if action.goal is not None and action.progress is not None:
+        label = _headline(action.goal.label) if action.goal.label else "actions aimed for"
+        progress = f"{action.acted:,} of {action.goal.count:,} {label} ({action.progress:.1%})"
+    regions = [
+        ("Not said" if slug == UNKNOWN_REGION else Region(slug).label, count)
+        for slug, count in sorted(action.by_region.items(), key=lambda item: (-item[1], item[0]))
+    ]
+    return {
+        "action_id": action.action_id,
+        "kind": action.kind.value,
+        "sent": action.sent,
+        "opened": action.opened,
+        "acted": action.acted,
+        "progress": progress,
+        "regions": regions,
+    }
 
 
 # -- publishing -----------------------------------------------------------------------------------

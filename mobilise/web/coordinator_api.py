@@ -8,8 +8,9 @@ Routes (described by the OpenAPI document at ``GET /api/v1/openapi.json``, see
   :class:`~schemas.AuditRecord`; with an ``Idempotency-Key`` header and no ``event_id`` the
   event id is ``stable_id("api", token_id, key)``, so a retry (after a timeout, a crash,
   or to another replica) publishes the same event, which the pipeline keeps once;
-* ``GET /api/v1/cases``, ``GET /api/v1/cases/{case_id}``: latest statuses, timelines and
-  delivery counts (:mod:`mobilise.web.cases_view`);
+* ``GET /api/v1/cases``, ``GET /api/v1/cases/{case_id}``: latest statuses, timelines,
+  delivery counts and, per action call, sent, opened, acted and progress toward its goal
+  (:mod:`mobilise.web.cases_view`);
 * admin tokens only: ``POST``/``GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{token_id}``.
 
 Authentication is ``Authorization: Bearer mob_…`` (:mod:`mobilise.web.tokens`). Every
@@ -225,7 +226,7 @@ class Coordinator:
     tokens: TokenRegistry
     """The API tokens (fold of ``api-tokens``)."""
     cases: CasesView
-    """Cases and their counts (fold of ``case-updates`` and ``deliveries``)."""
+    """Cases and their counts (fold of ``case-updates``, ``deliveries`` and ``actions-taken``)."""
     ledger: PublicationLedger
     """What each idempotency key published (fold of ``audit``)."""
     views: dict[str, TopicView]
@@ -264,14 +265,20 @@ def coordinator(app: web.Application) -> Coordinator:
     state = app[STATE]
     topics = state.topics
     tokens, ledger = TokenRegistry(), PublicationLedger()
-    cases = CasesView(case_updates=topics.case_updates, deliveries=topics.deliveries)
+    cases = CasesView(
+        case_updates=topics.case_updates, deliveries=topics.deliveries, actions_taken=topics.actions_taken
+    )
     options = kafka_security().client_options()
     bootstrap = state.settings.bootstrap_servers
     views = {
         "tokens": TopicView(bootstrap, [topics.api_tokens], tokens.fold, name="api-tokens", options=options),
         "audit": TopicView(bootstrap, [topics.audit], ledger.fold, name="audit", options=options),
         "cases": TopicView(
-            bootstrap, [topics.case_updates, topics.deliveries], cases.fold, name="cases", options=options
+            bootstrap,
+            [topics.case_updates, topics.deliveries, topics.actions_taken],
+            cases.fold,
+            name="cases",
+            options=options,
         ),
     }
     made = Coordinator(tokens=tokens, cases=cases, ledger=ledger, views=views)

@@ -98,7 +98,9 @@ _MAX_NAME = 200
 _MAX_BRAND = 200
 _MAX_FIELD_CHARS = 10_000
 
-FieldName = Literal["email", "name", "language", "places", "interests", "brands", "statuses", "frequency"]
+FieldName = Literal[
+    "email", "name", "language", "home_country", "places", "interests", "brands", "statuses", "frequency"
+]
 """A field of the form, as errors name it (the id of the element the message sits next to)."""
 
 ErrorCode = Literal[
@@ -106,6 +108,7 @@ ErrorCode = Literal[
     "email_invalid",
     "name_too_long",
     "language_unknown",
+    "home_country_unknown",
     "places_missing",
     "places_unknown",
     "topics_missing",
@@ -127,6 +130,8 @@ class FormValues:
     email: str = ""
     name: str = ""
     language: str = "en"
+    home_country: str = ""
+    """Where the person lives (a country code), or empty: they did not say."""
     worldwide: bool = False
     regions: tuple[str, ...] = ()
     countries: tuple[str, ...] = ()
@@ -171,6 +176,7 @@ def read_form(data: Mapping[str, Any], *, default_language: str = "en") -> FormV
         email=_text(data, "email"),
         name=_text(data, "name"),
         language=_text(data, "language", default_language),
+        home_country=_text(data, "home_country"),
         worldwide=_text(data, "worldwide") == "yes",
         regions=_texts(data, "regions"),
         countries=_texts(data, "countries"),
@@ -187,6 +193,7 @@ def values_of(subscription: Subscription) -> FormValues:
         email=str(subscription.email),
         name=subscription.name or "",
         language=subscription.language,
+        home_country=subscription.home_country or "",
         worldwide=subscription.worldwide,
         regions=tuple(r.value for r in subscription.regions),
         countries=tuple(subscription.countries),
@@ -219,6 +226,8 @@ def check(values: FormValues, *, with_email: bool) -> dict[FieldName, ErrorCode]
         errors["name"] = "name_too_long"
     if values.language not in ALERT_LANGUAGES:
         errors["language"] = "language_unknown"
+    if values.home_country and values.home_country.upper() not in known_countries():
+        errors["home_country"] = "home_country_unknown"
     regions = {r.value for r in Region}
     if any(r not in regions for r in values.regions) or any(
         c.upper() not in known_countries() for c in values.countries
@@ -272,6 +281,7 @@ def to_subscription(
             "email": email,
             "name": values.name or None,
             "language": values.language,
+            "home_country": values.home_country.upper() or None,
             "worldwide": values.worldwide,
             "regions": tuple(dict.fromkeys(Region(r) for r in values.regions)),
             "countries": tuple(dict.fromkeys(c.upper() for c in values.countries)),
@@ -299,6 +309,7 @@ _ERRORS: dict[str, dict[ErrorCode, str]] = {
         "email_invalid": "Enter an email address like name@example.org.",
         "name_too_long": f"Your name must be {_MAX_NAME} characters or fewer.",
         "language_unknown": "Choose one of the languages offered.",
+        "home_country_unknown": "Choose the country you live in from the list, or “I would rather not say”.",
         "places_missing": "Choose at least one region or country, or “Everywhere in the world”.",
         "places_unknown": "Choose regions and countries from the list.",
         "topics_missing": "Choose at least one issue, or name at least one brand below.",
@@ -314,6 +325,7 @@ _ERRORS: dict[str, dict[ErrorCode, str]] = {
         "email_invalid": "Saisissez une adresse e-mail de la forme nom@exemple.org.",
         "name_too_long": f"Votre nom doit faire au plus {_MAX_NAME} caractères.",
         "language_unknown": "Choisissez l'une des langues proposées.",
+        "home_country_unknown": "Choisissez votre pays dans la liste, ou « Je préfère ne pas le dire ».",
         "places_missing": "Choisissez au moins une région ou un pays, ou « Partout dans le monde ».",
         "places_unknown": "Choisissez les régions et les pays dans la liste.",
         "topics_missing": "Choisissez au moins un sujet, ou indiquez au moins une marque ci-dessous.",
@@ -329,6 +341,7 @@ _ERRORS: dict[str, dict[ErrorCode, str]] = {
         "email_invalid": "Escribe una dirección de correo como nombre@ejemplo.org.",
         "name_too_long": f"Tu nombre debe tener como máximo {_MAX_NAME} caracteres.",
         "language_unknown": "Elige uno de los idiomas propuestos.",
+        "home_country_unknown": "Elige de la lista el país donde vives, o «Prefiero no decirlo».",
         "places_missing": "Elige al menos una región o un país, o «En todo el mundo».",
         "places_unknown": "Elige las regiones y los países de la lista.",
         "topics_missing": "Elige al menos un tema, o escribe al menos una marca más abajo.",
@@ -365,6 +378,13 @@ _FORM: dict[str, dict[str, str]] = {
         "name": "Your name (optional)",
         "name_hint": "Only to greet you in the emails.",
         "language": "Language of the alerts",
+        "home_country": "Where do you live? (optional)",
+        "home_country_hint": (
+            "Some actions differ from place to place, like a protest at a store in your city: we use "
+            "your country only to pick the action meant for where you live, never to choose which cases "
+            "you hear about."
+        ),
+        "home_country_none": "I would rather not say",
         "places": "Where?",
         "places_hint": "Cases in the places you choose. Open a region to choose single countries.",
         "worldwide": "Everywhere in the world",
@@ -408,6 +428,13 @@ _FORM: dict[str, dict[str, str]] = {
         "name": "Votre nom (facultatif)",
         "name_hint": "Seulement pour vous saluer dans les e-mails.",
         "language": "Langue des alertes",
+        "home_country": "Où habitez-vous ? (facultatif)",
+        "home_country_hint": (
+            "Certaines actions changent d'un endroit à l'autre, comme un rassemblement devant un magasin "
+            "de votre ville : votre pays sert uniquement à choisir l'action prévue là où vous habitez, "
+            "jamais à choisir les cas dont vous êtes informé·e."
+        ),
+        "home_country_none": "Je préfère ne pas le dire",
         "places": "Où ?",
         "places_hint": "Les cas dans les lieux choisis. Ouvrez une région pour choisir des pays.",
         "worldwide": "Partout dans le monde",
@@ -454,6 +481,13 @@ _FORM: dict[str, dict[str, str]] = {
         "name": "Tu nombre (opcional)",
         "name_hint": "Solo para saludarte en los correos.",
         "language": "Idioma de las alertas",
+        "home_country": "¿Dónde vives? (opcional)",
+        "home_country_hint": (
+            "Algunas acciones cambian según el lugar, como una protesta ante una tienda de tu ciudad: "
+            "usamos tu país solo para elegir la acción pensada para donde vives, nunca para elegir de qué "
+            "casos te informamos."
+        ),
+        "home_country_none": "Prefiero no decirlo",
         "places": "¿Dónde?",
         "places_hint": "Los casos en los lugares que elijas. Abre una región para elegir países.",
         "worldwide": "En todo el mundo",

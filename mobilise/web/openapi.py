@@ -213,7 +213,15 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/cases/{case_id}": {
             "get": {
                 "operationId": "showCase",
-                "summary": "A case's timeline and counts: matched, sent, failed, bounced",
+                "summary": "A case's timeline, its counts and the counters of each of its action calls",
+                "description": (
+                    "`counts`: matched, sent, failed, bounced, opened (null when the provider reported no "
+                    "open) and acted (people who said they did one of its action calls). `actions`: per "
+                    "action call (`action_id`), the alerts sent and opened for the updates carrying it, "
+                    "the people who acted (once per person), the goal, `progress` (acted / goal) and "
+                    "`by_region` (people who acted per UN M49 region of where they live, `unknown` if "
+                    "they did not say)."
+                ),
                 "parameters": [_path_parameter("case_id", "The case.", _SLUG)],
                 "responses": {
                     "200": _ok("The case.", refs["CaseDetail"]),

@@ -390,7 +390,7 @@ def test_cases_list_their_latest_status_and_count_matched_sent_failed_bounced(
         pipeline.names.deliveries,
         [(e.subscriber_id, e.model_dump_json().encode()) for e in events],
     )
-    expected = {"matched": 5, "sent": 4, "failed": 1, "bounced": 1}
+    expected = {"matched": 5, "sent": 4, "failed": 1, "bounced": 1, "opened": None, "acted": 0}
 
     def counted() -> bool:
         return api.call("GET", "/api/v1/cases/bd-2026-1", token=token)[2]["counts"] == expected
@@ -410,7 +410,14 @@ def test_cases_list_their_latest_status_and_count_matched_sent_failed_bounced(
         ("bd-2026-1", "urgent_action"),
         ("kh-2026-7", "escalated"),
     ]
-    assert listing["cases"][1]["counts"] == {"matched": 1, "sent": 0, "failed": 1, "bounced": 0}
+    assert listing["cases"][1]["counts"] == {
+        "matched": 1,
+        "sent": 0,
+        "failed": 1,
+        "bounced": 0,
+        "opened": None,
+        "acted": 0,
+    }
 
     status, _, answer = api.call("GET", "/api/v1/cases/no-such-case", token=token)
     assert (status, answer["error"]) == (404, "not_found")
