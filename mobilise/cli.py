@@ -17,7 +17,7 @@ import click
 import structlog
 from pydantic import ValidationError
 
-from schemas import CaseStatus, Region, Subscription, subscriber_id_for
+from schemas import CaseStatus, Region, Subscription, subscriber_id_for, wave_id_for
 from schemas.export import export_json_schemas
 
 from .errors import MobiliseError
@@ -134,7 +134,9 @@ def publish(file: Path) -> None:
         [(u.case_id, u.model_dump_json().encode("utf-8")) for u in updates],
     )
     for update in updates:
-        click.echo(f"{update.event_id}\t{update.case_id}\t{update.status.value}")
+        wave = update.action_call.wave if update.action_call is not None else None
+        held = f"\t{wave_id_for(update.case_id, wave)}" if wave is not None else ""
+        click.echo(f"{update.event_id}\t{update.case_id}\t{update.status.value}{held}")
 
 
 @main.command()
@@ -221,6 +223,45 @@ def unsubscribe(email: str | None, subscriber_id: str | None) -> None:
     target = subscriber_id or subscriber_id_for(email or "")
     send(settings.bootstrap_servers, TopicNames(prefix=settings.topic_prefix).subscriptions, [(target, None)])
     click.echo(target)
+
+
+@main.group()
+def waves() -> None:
+    """Scheduled waves of action calls."""
+
+
+@waves.command("cancel")
+@click.argument("wave_id")
+@click.option("--case", "case_id", required=True, help="The case whose update carried the wave.")
+@click.option("--by", "cancelled_by", default=None, help="Who calls it off (default: the login name).")
+@_friendly
+def waves_cancel(wave_id: str, case_id: str, cancelled_by: str | None) -> None:
+    """Call off the wave WAVE_ID: its alerts still held are never sent.
+
+    One record goes to every partition of wave-cancellations, so that each worker learns
+    it for the alerts it holds. Alerts already released stay sent.
+    """
+    from schemas import WaveCancellation
+    from streams.admin import publish_everywhere
+    from streams.topics import TopicNames
+
+    try:
+        cancellation = WaveCancellation(
+            wave_id=wave_id,
+            case_id=case_id,
+            cancelled_by=cancelled_by or os.environ.get("USER") or "cli",
+            at=datetime.now(UTC),
+        )
+    except ValidationError as exc:
+        raise InvalidInput(_describe(exc)) from exc
+    settings = _settings()
+    copies = publish_everywhere(
+        settings.bootstrap_servers,
+        TopicNames(prefix=settings.topic_prefix).wave_cancellations,
+        wave_id,
+        cancellation.model_dump_json().encode("utf-8"),
+    )
+    click.echo(f"{wave_id} cancelled ({copies} partitions)")
 
 
 @main.group()

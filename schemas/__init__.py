@@ -33,6 +33,7 @@ from .vocabulary import (
     brand_key,
     known_interests,
 )
+from .wave import Wave, WaveCancellation, release_at, wave_id_for, zone_for
 
 __all__ = [
     "BASE_INTERESTS",
@@ -66,6 +67,8 @@ __all__ = [
     "Suppression",
     "SuppressionReason",
     "TokenRole",
+    "Wave",
+    "WaveCancellation",
     "action_id_for",
     "alert_id_for",
     "audit_id_for",
@@ -76,6 +79,9 @@ __all__ = [
     "known_interests",
     "read_subscriptions_record",
     "region_of",
+    "release_at",
     "subscriber_id_for",
     "taken_id_for",
+    "wave_id_for",
+    "zone_for",
 ]

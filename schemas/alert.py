@@ -7,6 +7,7 @@ sink batch of subscribers of one partition and one language, the case written on
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints
@@ -24,9 +25,17 @@ def alert_id_for(event_id: str, subscriber_id: str) -> str:
     return "alr-" + stable_id(event_id, subscriber_id, length=32)
 
 
-def batch_id_for(event_id: str, partition: int, language: str, index: int) -> str:
-    """The id of the ``index``-th alert batch of an update for one partition and language."""
-    return "alb-" + stable_id(event_id, partition, language, index, length=32)
+def batch_id_for(
+    event_id: str, partition: int, language: str, index: int, release_at: datetime | None = None
+) -> str:
+    """The id of the ``index``-th alert batch of an update for one partition, language and release time.
+
+    Batches sent at once (``release_at`` None) keep the ids they always had.
+    """
+    if release_at is None:
+        return "alb-" + stable_id(event_id, partition, language, index, length=32)
+    when = release_at.astimezone(UTC).isoformat()
+    return "alb-" + stable_id(event_id, partition, language, index, when, length=32)
 
 
 _EmailShape = Annotated[
@@ -112,7 +121,7 @@ class AlertBatch(Event):
     schema_version: Literal[1] = 1
     """Version of this schema; a reader rejects versions it does not know."""
     batch_id: str
-    """Deterministic: ``batch_id_for(event_id, partition, language, index)``."""
+    """Deterministic: ``batch_id_for(event_id, partition, language, index, release_at)``."""
     event_id: str
     """The case update's idempotency key."""
     language: Language
@@ -123,6 +132,10 @@ class AlertBatch(Event):
     """Follow-ups for people who acted on the case (see :attr:`Alert.follow_up`)."""
     created_at: AwareDatetime
     """When the match was made."""
+    release_at: AwareDatetime | None = None
+    """Not to be handed to a sink before this instant (the update's wave); at once if None."""
+    wave_id: str | None = None
+    """The wave holding this batch, by which a coordinator can cancel it before ``release_at``."""
     recipients: tuple[Recipient, ...] = Field(min_length=1)
     """Who gets it, each with their own alert id and reason."""
 

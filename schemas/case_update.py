@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, Field, model_validator
 from ._base import Event, stable_id
 from .geography import Country, Region, region_of
 from .vocabulary import ActionKind, CaseStatus, Interest, Language
+from .wave import Wave
 
 __all__ = [
     "ActionCall",
@@ -113,6 +114,9 @@ class ActionCall(Event):
     """How many actions the coordinators aim for."""
     variants: tuple[ActionVariant, ...] = ()
     """Different asks for people in some places; the first that matches a person applies."""
+    wave: Wave | None = None
+    """When the alerts go out: held until then (one instant, or one local time in each
+    subscriber's zone), so that a day of action lands everywhere together; at once if None."""
 
     def for_place(self, country: str | None) -> ActionCall:
         """The call as a person living in ``country`` gets it: their variant applied, no variants left.

@@ -16,7 +16,8 @@ class DeliveryOutcome(StrEnum):
     """The fate of one alert at one sink, then at the provider behind it.
 
     The first four are recorded by the delivery stage; the others come back later from
-    the provider (SendGrid's event webhook) and were added in schema version 2.
+    the provider (SendGrid's event webhook) and were added in schema version 2, except
+    ``cancelled``, recorded by the delivery stage for a cancelled wave.
     """
 
     ACCEPTED = "accepted"
@@ -46,6 +47,8 @@ class DeliveryOutcome(StrEnum):
     """The recipient opened it (as far as open tracking can tell)."""
     CLICKED = "clicked"
     """The recipient followed a link in it."""
+    CANCELLED = "cancelled"
+    """Held for a wave that a coordinator called off before it went out; never sent."""
 
 
 class DeliveryEvent(Event):

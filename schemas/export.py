@@ -15,6 +15,7 @@ from .dead_letter import DeadLetter
 from .delivery import DeliveryEvent
 from .subscription import Subscription
 from .suppression import Suppression
+from .wave import WaveCancellation
 
 __all__ = ["EXPORTED", "export_json_schemas"]
 
@@ -29,6 +30,7 @@ EXPORTED: dict[str, type[Event]] = {
     "api-token": ApiToken,
     "audit-record": AuditRecord,
     "action-taken": ActionTaken,
+    "wave-cancellation": WaveCancellation,
 }
 """File stem → model, one file per record contract (the subscriptions topic carries two)."""
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, EmailStr, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, EmailStr, Field, model_validator
 
 from ._base import Event, stable_id
 from .geography import Country, Region
 from .vocabulary import CaseStatus, Interest, Language
+from .wave import TimeZoneName, check_time_zone
 
 __all__ = ["Frequency", "Subscription", "subscriber_id_for"]
 
@@ -62,6 +63,9 @@ class Subscription(Event):
     home_country: Country | None = None
     """Where the person lives, if they said: picks the regional variant of an action call
     (a protest in their city) and their local morning; never used for matching."""
+    time_zone: Annotated[TimeZoneName, AfterValidator(check_time_zone)] | None = None
+    """The person's IANA time zone (``Asia/Dhaka``): a wave at "09:00 local" reaches them at
+    9 there. Left out: their home country's zone when it has only one, else UTC."""
     confirmed: bool = False
     """Whether the person confirmed the address (double opt-in); only confirmed people get alerts."""
     created_at: AwareDatetime

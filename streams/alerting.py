@@ -20,12 +20,14 @@ from schemas import (
     Subscription,
     alert_id_for,
     batch_id_for,
+    wave_id_for,
 )
 
 from .acted import ActedCases, follow_ups_for
 from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
 from .shards import SubscriberShards
+from .waves import release_groups
 
 __all__ = ["MAX_RECORD_BYTES", "Matcher", "alert_batches", "encode_batch", "split_follow_ups"]
 
@@ -62,13 +64,17 @@ def alert_batches(
     people: Iterable[tuple[Subscription, MatchReason]],
     batch_size: int,
     follow_up: bool = False,
+    release_at: datetime | None = None,
+    wave_id: str | None = None,
 ) -> list[AlertBatch]:
     """The alert batches of ``case`` for ``people``: one language and ``batch_size`` people at most each.
 
     Batch ids are deterministic (``batch_id_for``); follow-up batches get their own, with a
     ``-follow-up`` suffix, so they never share an id (nor a ``sent-alerts`` row) with the
     update's other batches. A person's alert id is ``alert_id_for(event_id, subscriber_id)``
-    either way, so nobody gets the update twice, whichever batch carries them.
+    either way, so nobody gets the update twice, whichever batch carries them. Batches
+    held for a wave carry its ``wave_id`` and their ``release_at``, which is part of
+    their id: people released at different times are in different batches.
     """
     by_language: dict[str, list[Recipient]] = {}
     for subscription, reason in people:
@@ -87,12 +93,14 @@ def alert_batches(
     return [
         AlertBatch.model_construct(
             schema_version=1,
-            batch_id=batch_id_for(event_id, partition, language, index) + suffix,
+            batch_id=batch_id_for(event_id, partition, language, index, release_at) + suffix,
             event_id=event_id,
             language=language,
             case=case,
             follow_up=follow_up,
             created_at=created_at,
+            release_at=release_at,
+            wave_id=wave_id if release_at is not None else None,
             recipients=tuple(recipients[start : start + batch_size]),
         )
         for language, recipients in sorted(by_language.items())
@@ -125,6 +133,10 @@ class Matcher:
     An update that wins or closes a case also goes, as a follow-up, to the people of the
     partition who acted on it (``acted``): in follow-up batches of their own, and then in
     no other batch of that update.
+
+    An update whose action call has a wave is cut, besides, by release time: one group
+    per distinct ``release_at`` of its people (their zones), each batch carrying it, for
+    the delivery stage to hold until then.
     """
 
     stage = "match"
@@ -168,17 +180,22 @@ class Matcher:
         now = datetime.now(UTC)
         follow_ups = follow_ups_for(public, self._acted.who_acted(partition, update.case_id), shard)
         normal = split_follow_ups(shard.match(public), follow_ups)
+        wave = public.action_call.wave if public.action_call is not None else None
+        wave_id = wave_id_for(update.case_id, wave) if wave is not None else None
         batches = [
             batch
             for people, follow_up in ((normal, False), (follow_ups, True))
+            for when, group in release_groups(public, people)
             for batch in alert_batches(
                 event_id=update.event_id,
                 partition=partition,
                 case=public,
                 created_at=now,
-                people=people,
+                people=group,
                 batch_size=self._batch_size,
                 follow_up=follow_up,
+                release_at=when,
+                wave_id=wave_id,
             )
         ]
         pending = []
@@ -196,4 +213,5 @@ class Matcher:
             follow_ups=len(follow_ups),
             batches=len(pending),
             shard_size=len(shard),
+            wave_id=wave_id,
         )

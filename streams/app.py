@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,12 @@ from .sent import SentAlerts
 from .shards import SubscriberShards, SubscriptionIntake
 from .tables import PartitionedTable, declare_table
 from .topics import TopicNames
+from .waves import CancellationIntake, CancelledWaves, HeldAlerts
 
-__all__ = ["Pipeline", "create_app"]
+__all__ = ["RELEASE_INTERVAL", "Pipeline", "create_app"]
+
+RELEASE_INTERVAL = 1.0
+"""Seconds between two looks at the held alerts: a wave lands at most this late."""
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +66,8 @@ class Pipeline:
     seen: PartitionedTable
     sent: PartitionedTable
     acted: PartitionedTable
+    held: PartitionedTable
+    cancelled: PartitionedTable
     metrics: PipelineMetrics
     readiness: Readiness
 
@@ -94,6 +101,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         names.case_fanout,
         names.alerts,
         names.actions_taken,
+        names.wave_cancellations,
     }
     # This app's transport only, not faust's class: other apps in the process are untouched.
     consumer_class = type(
@@ -107,6 +115,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     case_fanout = _raw_topic(app, names.case_fanout, partitions)
     alerts = _raw_topic(app, names.alerts, partitions)
     actions_taken = _raw_topic(app, names.actions_taken, partitions)
+    wave_cancellations = _raw_topic(app, names.wave_cancellations, partitions)
     _raw_topic(app, names.deliveries, partitions)  # declared, written through the bulk producer
     metrics = PipelineMetrics()
     dead_letters = DeadLetters(_raw_topic(app, names.dead_letters, partitions), metrics=metrics)
@@ -117,6 +126,13 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     sent_alerts = SentAlerts(sent)
     acted_table = declare_table(app, "acted-cases", partitions, "Who acted on which case, by subscriber_id")
     acted = ActedCases(acted_table)
+    held_table = declare_table(app, "held-alerts", partitions, "Alert batches held for a wave, by batch_id")
+    held = HeldAlerts(held_table)
+    cancelled_table = declare_table(
+        app, "cancelled-waves", partitions, "Waves called off, by wave_id@partition (a copy per partition)"
+    )
+    cancelled = CancelledWaves(cancelled_table)
+    cancellations = CancellationIntake(cancelled=cancelled, dead_letters=dead_letters)
     shards = SubscriberShards()
     metrics.subscribers.set_function(lambda: sum(len(s) for p in shards.partitions if (s := shards.shard(p))))
     readiness = Readiness()
@@ -144,6 +160,10 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         dead_letters=dead_letters,
         max_attempts=settings.delivery_max_attempts,
         metrics=metrics,
+        held=held,
+        cancelled=cancelled,
+        alerts_topic=names.alerts,
+        clock=time.time,
     )
     inputs = names_read
 
@@ -209,6 +229,16 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         async for event in stream.events():
             await actions.process(event)
 
+    @app.agent(wave_cancellations, name="wave-cancellations")
+    async def _cancellations(stream: Any) -> None:
+        async for event in stream.events():
+            await cancellations.process(event)
+
+    @app.timer(interval=RELEASE_INTERVAL)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def _release_held() -> None:
+        if readiness.shards_loaded:  # not while a rebalance is rebuilding what is held
+            await delivery.release_due()
+
     @app.agent(case_fanout, name="match")
     async def _match(stream: Any) -> None:
         async for event in stream.events():
@@ -228,6 +258,8 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         built = shards.assign(owned, subscribers.items())
         acted_people = acted.assign(owned, acted_table.items())
         sent_known = sent_alerts.load(sent.items())
+        held_batches = held.assign(owned, held_table.items())
+        cancelled_known = cancelled.load(cancelled_table.items())
         readiness.partitions = frozenset(owned)
         readiness.shards_loaded = True
         log.info(
@@ -237,6 +269,8 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
             built=built,
             sent_known=sent_known,
             acted=acted_people,
+            held=held_batches,
+            cancelled_waves=cancelled_known,
             subscribers=sum(len(s) for p in owned if (s := shards.shard(p)) is not None),
         )
 
@@ -260,6 +294,8 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         seen=seen,
         sent=sent,
         acted=acted_table,
+        held=held_table,
+        cancelled=cancelled_table,
         metrics=metrics,
         readiness=readiness,
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -18,6 +20,7 @@ from .bulk import BulkProducer
 from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
 from .sent import SentAlerts
+from .waves import CancelledWaves, Clock, HeldAlerts
 
 __all__ = ["Delivery"]
 
@@ -27,10 +30,28 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass
+class _HeldMessage:
+    """Where a held batch came from, for a dead letter of it: the alerts topic, offset unknown."""
+
+    topic: str
+    partition: int
+    key: Any
+    value: Any
+    offset: int = -1
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A released batch in place of the record it was read from (which was committed)."""
+
+    message: _HeldMessage
+
+
+@dataclass
 class _Part:
     """One alert batch record, the alerts of it to hand to the sink, and what became of them."""
 
-    event: RawEvent
+    event: RawEvent | _Held
     batch: AlertBatch
     alerts: list[Alert]
     outcomes: list[tuple[Alert, DeliveryOutcome, int, str | None, str | None]] = field(default_factory=list)
@@ -52,6 +73,13 @@ class Delivery:
     the matcher cut to the sink batch size). Retryable failures are retried with backoff up to
     ``max_attempts``; permanent ones, and those that ran out of attempts, go to
     dead-letters, one per alert. Nothing is dropped.
+
+    A batch whose ``release_at`` is still ahead (a wave) is not handed to the sink: it is
+    kept in ``held`` (changelog-backed) and :meth:`release_due`, called by a timer, hands
+    it over through the same path once ``clock() >= release_at`` — never early, and never
+    twice, as ``sent`` still decides. Its held row is deleted only after its outcomes were
+    recorded, so a crash in between releases it again, into ``sent``'s check. A held batch
+    of a wave in ``cancelled`` is never sent: each person gets a ``cancelled`` delivery event.
     """
 
     def __init__(
@@ -64,9 +92,19 @@ class Delivery:
         dead_letters: DeadLetters,
         max_attempts: int,
         metrics: PipelineMetrics,
+        held: HeldAlerts,
+        cancelled: CancelledWaves,
+        alerts_topic: str,
+        clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._metrics = metrics
+        self._held = held
+        self._cancelled = cancelled
+        self._alerts_topic = alerts_topic
+        self._clock = clock
+        # The agent and the release timer both deliver; one batch at a time through the sink.
+        self._lock = asyncio.Lock()
         self._sink = sink
         self._sent = sent
         self._deliveries = deliveries_topic
@@ -92,18 +130,81 @@ class Delivery:
             log.info("sink.closed", sink=self._sink.name)
 
     async def process(self, event: RawEvent) -> None:
-        """Deliver the alert batch of one record of the alerts topic as one sink batch."""
-        await self._setup_once()
-        part = await self._read(event)
-        if part is not None:
-            await self._deliver(part)
+        """Deliver the alert batch of one record of the alerts topic as one sink batch.
 
-    async def _read(self, event: RawEvent) -> _Part | None:
+        Or hold it, if its wave's time has not come; or cancel it, if its wave was called off.
+        """
+        await self._setup_once()
         try:
             batch = read_model(AlertBatch, event.message.value)
         except ValidationError as exc:
             await self._dead_letters.invalid(event, stage=self.stage, exc=exc)
-            return None
+            return
+        if batch.wave_id is not None and batch.wave_id in self._cancelled:
+            async with self._lock:
+                await self._cancel(self._part(event, batch))
+            return
+        waiting = batch.release_at is not None and self._clock() < batch.release_at.timestamp()
+        # A batch everyone of which is in sent went out already: not held, recorded as duplicates.
+        if waiting and batch.release_at and not all(r.alert_id in self._sent for r in batch.recipients):
+            held = self._held.hold(batch, event.message.partition)
+            log.info(
+                "alerts.held" if held else "alerts.held_already",
+                batch_id=batch.batch_id,
+                event_id=batch.event_id,
+                wave_id=batch.wave_id,
+                partition=event.message.partition,
+                release_at=batch.release_at.isoformat(),
+                alerts=len(batch.recipients),
+            )
+            return
+        async with self._lock:
+            await self._deliver(self._part(event, batch))
+
+    async def release_due(self) -> int:
+        """Settle the held batches that are due at ``clock()``, or cancelled; return how many.
+
+        Called by the worker's timer. A batch is due only when the clock has reached its
+        ``release_at``. Each is delivered (or cancelled) and recorded, then its row deleted.
+        """
+        due = self._held.due(self._clock(), self._cancelled)
+        if not due:
+            return 0
+        await self._setup_once()
+        for partition, batch in due:
+            if batch.batch_id not in self._held:
+                continue  # the partition moved away, or another pass settled it
+            value = batch.model_dump_json().encode("utf-8")
+            held = _Held(_HeldMessage(self._alerts_topic, partition, batch.batch_id.encode("utf-8"), value))
+            async with self._lock:
+                part = self._part(held, batch)
+                if batch.wave_id is not None and batch.wave_id in self._cancelled:
+                    await self._cancel(part)
+                else:
+                    log.info(
+                        "alerts.released",
+                        batch_id=batch.batch_id,
+                        wave_id=batch.wave_id,
+                        partition=partition,
+                        release_at=batch.release_at.isoformat() if batch.release_at else None,
+                    )
+                    await self._deliver(part)
+                self._held.release(batch.batch_id)
+        return len(due)
+
+    async def _cancel(self, part: _Part) -> None:
+        """Record ``cancelled`` for everyone of ``part`` not sent already; hand nothing to the sink."""
+        part.outcomes.extend((alert, DeliveryOutcome.CANCELLED, 0, None, None) for alert in part.alerts)
+        log.info(
+            "alerts.cancelled",
+            batch_id=part.batch.batch_id,
+            wave_id=part.batch.wave_id,
+            partition=part.partition,
+            alerts=len(part.alerts),
+        )
+        await self._record(part)
+
+    def _part(self, event: RawEvent | _Held, batch: AlertBatch) -> _Part:
         part = _Part(event=event, batch=batch, alerts=[])
         seen: set[str] = set()
         for alert in batch.alerts():
@@ -137,7 +238,9 @@ class Delivery:
 
     async def _record(self, part: _Part) -> None:
         """Record what became of ``part``'s alerts: sent ids, dead letters, delivery events."""
-        accepted = [a.alert_id for a, kind, *_ in part.outcomes if kind is not DeliveryOutcome.DEAD_LETTERED]
+        # Cancelled alerts stay out of sent: nothing was sent, and a replay is cancelled again.
+        unsent = (DeliveryOutcome.DEAD_LETTERED, DeliveryOutcome.CANCELLED)
+        accepted = [a.alert_id for a, kind, *_ in part.outcomes if kind not in unsent]
         self._sent.record(part.batch.batch_id, part.partition, accepted, self._sink.name)
         for alert, kind, _, _, detail in part.outcomes:
             if kind is DeliveryOutcome.DEAD_LETTERED:

@@ -16,6 +16,7 @@ from schemas._base import Event
 from .metrics import PipelineMetrics
 
 __all__ = [
+    "Carrier",
     "DeadLetters",
     "RawEvent",
     "dead_letter",
@@ -99,6 +100,15 @@ class _Read(Protocol):
     value: Any
 
 
+class Carrier(Protocol):
+    """What carries a record as read: a faust event, or a stand-in for a record read earlier."""
+
+    @property
+    def message(self) -> _Read:
+        """The record."""
+        ...
+
+
 def dead_letter_of(
     message: _Read,
     *,
@@ -145,7 +155,7 @@ class DeadLetters:
 
     async def send(
         self,
-        event: RawEvent,
+        event: Carrier,
         *,
         stage: str,
         reason: str,

@@ -2,31 +2,57 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.streams import _current_event, current_event
 
 __all__ = ["PartitionedTable", "declare_table", "on_partition"]
 
 _partition: ContextVar[int | None] = ContextVar("mobilise_table_partition", default=None)
 
 
+@dataclass(frozen=True)
+class _Message:
+    partition: int
+
+
+@dataclass(frozen=True)
+class _StandInEvent:
+    """What faust's on-disk store reads of the current event: its message's partition."""
+
+    message: _Message
+
+
 @contextmanager
 def on_partition(partition: int) -> Iterator[None]:
-    """Make table writes inside the block go to ``partition``'s changelog.
+    """Make table writes inside the block go to ``partition``'s changelog (and store).
 
     Faust takes the partition of the event being processed; inside a batch of events
     from several partitions that is the wrong one for all but the last. A record must
     land in the changelog partition of the data it describes, or it moves to the wrong
-    worker on a rebalance.
+    worker on a rebalance. Outside any event (a timer releasing held alerts) there is no
+    event at all, and faust's RocksDB store asserts one to choose its partition's
+    database: a stand-in naming ``partition`` is current for the block then.
     """
     token = _partition.set(partition)
+    outer = current_event()
+    stand_in = (
+        _StandInEvent(_Message(partition)) if outer is None or isinstance(outer, _StandInEvent) else None
+    )
+    # faust reads only .message.partition of it, and this event lives as long as the block.
+    reference: Any = weakref.ref(stand_in) if stand_in is not None else None
+    event_token = _current_event.set(reference) if reference is not None else None
     try:
         yield
     finally:
+        if event_token is not None:
+            _current_event.reset(event_token)
         _partition.reset(token)
 
 

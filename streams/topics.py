@@ -60,6 +60,11 @@ class TopicNames(BaseModel):
         return f"{self.prefix}actions-taken"
 
     @property
+    def wave_cancellations(self) -> str:
+        """Coordinators calling off a held wave: one copy per partition. Key: the wave id."""
+        return f"{self.prefix}wave-cancellations"
+
+    @property
     def api_tokens(self) -> str:
         """Coordinators' API tokens (hashed), compacted. Key: the token id."""
         return f"{self.prefix}api-tokens"
@@ -93,6 +98,8 @@ def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
         TopicSpec(name=names.deliveries, partitions=partitions),
         TopicSpec(name=names.actions_taken, partitions=partitions),
         TopicSpec(name=names.dead_letters, partitions=partitions),
+        # As many as the alerts: each worker reads the copy on the partitions whose alerts it holds.
+        TopicSpec(name=names.wave_cancellations, partitions=partitions),
         # One partition each: these are few, and read whole by every web process at its start.
         TopicSpec(name=names.api_tokens, partitions=1, configs=compacted),
         TopicSpec(name=names.audit, partitions=1),

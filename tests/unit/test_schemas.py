@@ -120,6 +120,7 @@ def test_schema_export_writes_one_file_per_contract(tmp_path: object) -> None:
         "delivery-event.v2.schema.json",
         "subscription.v1.schema.json",
         "suppression.v1.schema.json",
+        "wave-cancellation.v1.schema.json",
     ]
     case = json.loads(Path(str(tmp_path), "case-update.v1.schema.json").read_text())
     assert case["additionalProperties"] is False

@@ -1,0 +1,159 @@
+"""Scheduled waves end to end: held until their time, released once across a restart, cancelled."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mobilise.broker import EmbeddedBroker
+from schemas import CaseUpdate, wave_id_for
+
+from .harness import PipelineHarness, Worker, case_update, recipients, subscription
+
+pytestmark = pytest.mark.integration
+
+LEAD = timedelta(seconds=25)
+"""How far ahead the waves are: enough for matching and a restart on a busy machine."""
+
+
+@pytest.fixture
+def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[PipelineHarness]:
+    harness = PipelineHarness(broker, tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+def _waved(case_id: str, send_at: datetime, wave_id: str | None = None) -> CaseUpdate:
+    wave: dict[str, str] = {"send_at": send_at.isoformat()}
+    if wave_id is not None:
+        wave["wave_id"] = wave_id
+    return case_update(
+        case_id,
+        action_call={
+            "kind": "email_brand",
+            "instructions": {"en": "Email the CEO on the day of action."},
+            "target": {"name": "H&M Group", "email": "ceo@example.com"},
+            "wave": wave,
+        },
+    )
+
+
+def _matched_on(pipeline: PipelineHarness, update: CaseUpdate) -> set[int]:
+    matched = pipeline.events("case_update.matched")
+    return {e["partition"] for e in matched if e["event_id"] == update.event_id}
+
+
+def _wait_held(pipeline: PipelineHarness, update: CaseUpdate, people: int) -> None:
+    pipeline.wait_until(
+        f"{update.event_id} to be matched on every partition",
+        lambda: (
+            {
+                e["partition"]
+                for e in pipeline.events("case_update.matched")
+                if e["event_id"] == update.event_id
+            }
+            == set(range(pipeline.partitions))
+        ),
+    )
+    pipeline.wait_until(
+        f"{people} alerts of {update.event_id} to be held",
+        lambda: (
+            sum(e["alerts"] for e in pipeline.events("alerts.held") if e["event_id"] == update.event_id)
+            >= people
+        ),
+    )
+
+
+def test_a_wave_is_held_until_its_time_survives_a_restart_and_a_cancelled_one_is_never_sent(
+    pipeline: PipelineHarness,
+) -> None:
+    people = [
+        subscription(
+            "dhaka@example.org", countries=["BD"], interests=["union_busting"], time_zone="Asia/Dhaka"
+        ),
+        subscription("ams@example.org", countries=["BD"], interests=["union_busting"], home_country="NL"),
+        subscription(
+            "nyc@example.org", countries=["BD"], interests=["union_busting"], time_zone="America/New_York"
+        ),
+    ]
+    first = pipeline.start_worker()
+    pipeline.wait_ready()
+    for person in people:  # one at a time: see test_follow_ups
+        pipeline.subscribe(person)
+        pipeline.wait_indexed(person.subscriber_id)
+
+    send_at = datetime.now(UTC).replace(microsecond=0) + LEAD
+    day_of_action = _waved("bd-wave-1", send_at)
+    called_off = _waved("bd-wave-2", send_at, wave_id="called-off")
+    # One after the other, so that each held row is a changelog batch of its own (Tansu, see
+    # test_pipeline): the restart below recovers them from the changelog.
+    pipeline.publish(day_of_action)
+    _wait_held(pipeline, day_of_action, len(people))
+    pipeline.publish(called_off)
+    _wait_held(pipeline, called_off, len(people))
+    # Matched and held, and nothing went out.
+    assert datetime.now(UTC) < send_at, "the machine was too slow for this test's lead time"
+    assert pipeline.emails() == []
+    assert [d for d in pipeline.deliveries() if d.case_id.startswith("bd-wave")] == []
+
+    # A coordinator calls the second wave off with the CLI: one copy on every partition.
+    done = subprocess.run(
+        [sys.executable, "-m", "mobilise", "waves", "cancel", "called-off", "--case", "bd-wave-2"],
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "4 partitions" in done.stdout
+    pipeline.wait_until(
+        "the called-off wave's alerts to be cancelled",
+        lambda: (
+            {d.subscriber_id for d in pipeline.deliveries() if d.outcome == "cancelled"}
+            == {p.subscriber_id for p in people}
+        ),
+    )
+
+    # The worker stops cleanly with the first wave held; another with the same app id holds it.
+    held_on = {e["partition"] for e in first.events() if e.get("event") == "alerts.held"}
+    held_on &= _matched_with_people(first, day_of_action)
+    assert first.stop() == 0
+    pipeline.workers.remove(first)
+    second = pipeline.start_worker()
+    pipeline.wait_ready()
+    ready = [e for e in second.events() if e.get("event") == "worker.ready"][-1]
+    assert datetime.now(UTC) < send_at, "the machine was too slow for this test's lead time"
+    assert ready["held"] == len(held_on)  # one batch per partition with people, recovered
+    assert pipeline.emails() == []
+
+    pipeline.wait_until(
+        "the wave to be delivered",
+        lambda: len(pipeline.emails_for(day_of_action.event_id)) == len(people),
+        timeout=LEAD.total_seconds() + 90,
+    )
+    assert recipients(pipeline.emails_for(day_of_action.event_id)) == sorted(p.email for p in people)
+    delivered = [d for d in pipeline.deliveries() if d.event_id == day_of_action.event_id]
+    assert Counter(d.outcome for d in delivered) == {"accepted": len(people)}  # once each
+    assert all(d.at >= send_at for d in delivered)  # never early
+
+    # Past the called-off wave's time too: nothing of it was sent, nor will be.
+    time.sleep(max(0.0, (send_at - datetime.now(UTC)).total_seconds()) + 2)
+    assert pipeline.emails_for(called_off.event_id) == []
+    cancelled = [d for d in pipeline.deliveries() if d.event_id == called_off.event_id]
+    assert Counter(d.outcome for d in cancelled) == {"cancelled": len(people)}
+    assert wave_id_for("bd-wave-1", day_of_action.action_call.wave) != "called-off"  # type: ignore[union-attr]
+
+
+def _matched_with_people(worker: Worker, update: CaseUpdate) -> set[int]:
+    matched = [e for e in worker.events() if e.get("event") == "case_update.matched"]
+    return {e["partition"] for e in matched if e["event_id"] == update.event_id and e["matched"]}
