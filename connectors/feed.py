@@ -36,6 +36,7 @@ from schemas._base import stable_id
 from schemas.vocabulary import Language
 
 from .base import ConnectorConfig
+from .retry_after import retry_after
 from .source import Checkpoint, Source, SourceContext, SourceRecord
 
 __all__ = ["MAX_SEEN", "CategoryPrefixes", "FeedConfig", "FeedSource", "MappedItem", "map_item", "strip_html"]
@@ -397,10 +398,8 @@ def _display(url: str) -> str:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    try:
-        return max(1.0, float(headers.get("Retry-After", "")))
-    except ValueError:
-        return None
+    seconds = retry_after(headers)
+    return None if seconds is None else max(1.0, seconds)
 
 
 class FeedSource(Source[FeedConfig]):

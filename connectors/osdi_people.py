@@ -20,12 +20,14 @@ of a body). No I/O.
 
 from __future__ import annotations
 
-import email.utils
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
 
 from schemas import CaseStatus, Subscription
 
@@ -39,10 +41,10 @@ __all__ = [
     "check_tag_map",
     "filter_time",
     "format_time",
+    "osdi_session",
     "parse_time",
     "person_to_subscription",
     "primary_email",
-    "retry_after",
     "signup_body",
     "subscription_tags",
 ]
@@ -273,25 +275,20 @@ def person_to_subscription(
     return record
 
 
+# -- the HTTP client -------------------------------------------------------------------------
+
+_HAL = "application/hal+json, application/json"
+
+
+def osdi_session(api_token: SecretStr, timeout: float) -> aiohttp.ClientSession:
+    """An HTTP client for an OSDI server: the token in every request's header, HAL+JSON wanted."""
+    return aiohttp.ClientSession(
+        headers={"OSDI-API-Token": api_token.get_secret_value(), "Accept": _HAL},
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    )
+
+
 # -- answers ----------------------------------------------------------------------------------
-
-
-def retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
-    """Seconds a Retry-After header (seconds, or an HTTP date) asks to wait; None without one."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def body_excerpt(body: str, secret: str = "") -> str:

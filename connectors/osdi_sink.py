@@ -24,7 +24,8 @@ from yarl import URL
 from schemas import Subscription, Suppression
 
 from .base import ConnectorConfig, Sink, SinkOutcome
-from .osdi_people import IDENTIFIER_PREFIX, body_excerpt, retry_after, signup_body, subscription_tags
+from .osdi_people import IDENTIFIER_PREFIX, body_excerpt, osdi_session, signup_body, subscription_tags
+from .retry_after import retry_after
 
 __all__ = ["OsdiSink", "OsdiSinkConfig"]
 
@@ -159,10 +160,7 @@ class OsdiSink(Sink[OsdiSinkConfig, BaseModel]):
     async def setup(self) -> None:
         """Open the HTTP client (the token goes in every request's header)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers={"OSDI-API-Token": self.config.api_token.get_secret_value(), "Accept": _HAL},
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            )
+            self._session = osdi_session(self.config.api_token, self.config.timeout)
 
     async def close(self) -> None:
         """Close the HTTP client."""

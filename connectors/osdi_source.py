@@ -30,11 +30,12 @@ from .osdi_people import (
     check_tag_map,
     filter_time,
     format_time,
+    osdi_session,
     parse_time,
     person_to_subscription,
     primary_email,
-    retry_after,
 )
+from .retry_after import retry_after
 from .source import Checkpoint, Source, SourceContext, SourceRecord
 
 __all__ = ["OsdiSource", "OsdiSourceConfig"]
@@ -247,10 +248,7 @@ class OsdiSource(Source[OsdiSourceConfig]):
     async def setup(self) -> None:
         """Open the HTTP client (the token goes in every request's header)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers={"OSDI-API-Token": self.config.api_token.get_secret_value(), "Accept": _HAL},
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            )
+            self._session = osdi_session(self.config.api_token, self.config.timeout)
 
     async def close(self) -> None:
         """Close the HTTP client."""

@@ -44,6 +44,7 @@ from .rendering import (
     render_shared,
     unsubscribe_headers,
 )
+from .retry_after import retry_after
 
 __all__ = [
     "MAX_PERSONALIZATIONS",
@@ -368,10 +369,8 @@ def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
             return max(1.0, float(reset) - now)
         except ValueError:
             pass
-    try:
-        return max(1.0, float(headers.get("Retry-After", "")))
-    except ValueError:
-        return None
+    seconds = retry_after(headers, now)
+    return None if seconds is None else max(1.0, seconds)
 
 
 def judge_response(status: int, headers: Mapping[str, str], body: str, *, now: float) -> Verdict:

@@ -9,7 +9,6 @@ pure; the sink only sends.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ import structlog
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from .base import ConnectorConfig, Sink, SinkOutcome
+from .retry_after import retry_after
 from .signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, check_secret, sign
 
 __all__ = ["RECORD_ID_HEADER", "RECORD_TYPE_HEADER", "WebhookSink", "WebhookSinkConfig", "judge_response"]
@@ -86,22 +86,6 @@ class WebhookSinkConfig(ConnectorConfig):
         return value
 
 
-def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Retry-After as seconds (either form: delay-seconds or an HTTP date), or None."""
-    value = headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
 def judge_response(
     record_id: str, status: int, headers: Mapping[str, str], body: str, *, now: float
 ) -> SinkOutcome:
@@ -130,7 +114,7 @@ def judge_response(
             record_id=record_id,
             accepted=False,
             retryable=True,
-            retry_after=_retry_after(headers, now) if status in (429, 503) else None,
+            retry_after=retry_after(headers, now) if status in (429, 503) else None,
             error=f"the receiver answered {status}: {text}",
         )
     if 300 <= status < 400:
