@@ -91,7 +91,7 @@ def test_schemas_export(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in (tmp_path / "schemas").glob("*.schema.json"))
-    assert len(written) == 10 and "alert-batch.v1.schema.json" in written
+    assert len(written) == 11 and "alert-batch.v1.schema.json" in written
 
 
 def test_a_wrong_setting_is_reported_before_anything_runs(tmp_path: Path) -> None:
