@@ -19,7 +19,7 @@ and SendGrid fills the slots itself from the substitutions: the same email.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parseaddr
@@ -35,6 +35,7 @@ from mobilise.links import PublicLinks
 from schemas import (
     ActionCall,
     Alert,
+    DigestEntry,
     MatchReason,
     PublicCase,
     action_id_for,
@@ -52,12 +53,15 @@ __all__ = [
     "RenderedEmail",
     "SharedEmail",
     "action_variant",
+    "body_key",
     "fill",
     "fill_split",
     "personal_substitutions",
     "render_alert",
+    "render_digest",
     "render_personal",
     "render_shared",
+    "render_shared_for",
     "shared_email",
     "split_slots",
     "template_language",
@@ -183,7 +187,14 @@ class PersonalParts(BaseModel):
 
 
 _TOKENS = PersonalParts.placeholders
-_TOKEN_SPLIT = re.compile("(" + "|".join(re.escape(token) for token in _TOKENS.values()) + ")")
+# Every slot, the digests' numbered "I did this" slots (:func:`_digest_acted_token`) too: a
+# case text cannot hold the mark (render_shared refuses it), so only slots match.
+_TOKEN_SPLIT = re.compile("(" + re.escape(PLACEHOLDER_MARK) + r"[a-z0-9_]+%)")
+
+
+def _digest_acted_token(index: int, form: str) -> str:
+    """The slot of the person's "I did this" URL of a digest's ``index``-th case (``text``/``html``)."""
+    return f"{PLACEHOLDER_MARK}acted_{index}_{form}%"
 
 
 @cache
@@ -256,10 +267,13 @@ def action_variant(alert: Alert) -> int | None:
     naming the person's country, or its region), without building the call: this runs per
     person, and people with the same answer share one rendered body.
     """
-    call = alert.case.action_call
+    return _variant(alert.case.action_call, alert.home_country)
+
+
+def _variant(call: ActionCall | None, home_country: str | None) -> int | None:
     if call is None or not call.variants:
         return None
-    country = _place(alert.home_country)
+    country = _place(home_country)
     if country is None:
         return None
     region = region_of(country)
@@ -267,6 +281,17 @@ def action_variant(alert: Alert) -> int | None:
         (index for index, v in enumerate(call.variants) if country in v.countries or region in v.regions),
         None,
     )
+
+
+def body_key(alert: Alert) -> tuple[object, ...]:
+    """What decides ``alert``'s shared body: alerts with equal keys (and equal cases) share one.
+
+    The update (a replay is the same update), the person's language (titles are picked in
+    it), the variant of the call they get, the kind of email; for a digest, its cases and
+    the variant of each case's call.
+    """
+    digest = tuple((e.event_id, _variant(e.case.action_call, alert.home_country)) for e in alert.digest)
+    return (alert.event_id, alert.language, action_variant(alert), alert.follow_up, alert.reminder, digest)
 
 
 def _count(number: int, language: str) -> str:
@@ -285,6 +310,7 @@ def render_shared(
     *,
     home_country: str | None = None,
     follow_up: bool = False,
+    reminder: bool = False,
 ) -> SharedEmail:
     """Render what ``case`` looks like for every person speaking ``language``.
 
@@ -294,7 +320,8 @@ def render_shared(
     with its suggested message, target, deadline and goal, and, with signed links, the slot
     of the person's "I did this" link. ``follow_up`` renders the email for people who acted
     on the case (:attr:`schemas.Alert.follow_up`): its subject and opening thank them and
-    say what the case reached.
+    say what the case reached. ``reminder`` renders the reminder of the call
+    (:attr:`schemas.Alert.reminder`): its subject and opening say the deadline is near.
 
     Raises:
         ValueError: a text of the case contains :data:`PLACEHOLDER_MARK`, which would be
@@ -302,19 +329,14 @@ def render_shared(
         jinja2.TemplateError: a template is broken.
 
     """
-    # Tokens are made of letters, "%" and "_", which neither JSON nor HTML escaping
-    # changes, so a token can reach a rendered body only from a slot or from the case.
-    if PLACEHOLDER_MARK in case.model_dump_json() or PLACEHOLDER_MARK in identity.unsubscribe_email:
-        raise ValueError(
-            f"the case {case.case_id} contains {PLACEHOLDER_MARK!r}, which is reserved for the "
-            "per-person placeholders of alert emails; remove it from the case texts"
-        )
+    _refuse_marks(case, identity)
     chosen = template_language(language)
     action = case.action_call.for_place(_place(home_country)) if case.action_call else None
     linked = identity.links is not None
     context = {
         "case": case,
         "follow_up": follow_up,
+        "reminder": reminder,
         "title": _pick(case.title, language),
         "summary": _pick(case.summary, language),
         "country": country_name(case.country),
@@ -343,6 +365,101 @@ def render_shared(
         acted_url=_TOKENS["acted_url_html"] if linked and action else None,
     )
     return SharedEmail(language=chosen, subject=" ".join(subject.split()), text=text, html=html)
+
+
+def _refuse_marks(case: PublicCase, identity: EmailIdentity) -> None:
+    # Tokens are made of letters, digits, "%" and "_", which neither JSON nor HTML escaping
+    # changes, so a token can reach a rendered body only from a slot or from the case.
+    if PLACEHOLDER_MARK in case.model_dump_json() or PLACEHOLDER_MARK in identity.unsubscribe_email:
+        raise ValueError(
+            f"the case {case.case_id} contains {PLACEHOLDER_MARK!r}, which is reserved for the "
+            "per-person placeholders of alert emails; remove it from the case texts"
+        )
+
+
+def render_digest(
+    entries: Sequence[DigestEntry],
+    language: str,
+    identity: EmailIdentity,
+    *,
+    frequency: str,
+    home_country: str | None = None,
+) -> SharedEmail:
+    """Render a digest of ``entries`` (in their order) for every person speaking ``language``.
+
+    Each case is shown as of its latest update, with the statuses it went through before,
+    and its action call as a person living in ``home_country`` gets it, with the slot of
+    the person's "I did this" link for it when ``identity`` has links. The footer says why
+    the person gets a digest (``frequency``: daily or weekly) and carries the slots of the
+    preferences and unsubscribe links.
+
+    Raises:
+        ValueError: a case text contains :data:`PLACEHOLDER_MARK`.
+        jinja2.TemplateError: a template is broken.
+
+    """
+    chosen = template_language(language)
+    linked = identity.links is not None
+    shown = []
+    for entry in entries:
+        case = entry.case
+        _refuse_marks(case, identity)
+        action = case.action_call.for_place(_place(home_country)) if case.action_call else None
+        context = _action_context(action, language, chosen)
+        shown.append(
+            {
+                "case": case,
+                "earlier": entry.earlier,
+                "title": _pick(case.title, language),
+                "summary": _pick(case.summary, language),
+                "country": country_name(case.country),
+                "region": case.region.label,
+                "action": action,
+                "instructions": context["instructions"],
+                "deadline": context["deadline"],
+            }
+        )
+    env = _environment()
+    rendered = {}
+    for form in ("text", "html"):
+        suffix = "txt" if form == "text" else "html"
+        entries_for_form = [
+            {**e, "acted_url": _digest_acted_token(index, form) if linked and e["action"] else None}
+            for index, e in enumerate(shown)
+        ]
+        rendered[form] = env.get_template(f"digest.{chosen}.{suffix}.j2").render(
+            entries=entries_for_form,
+            frequency=frequency,
+            greeting=_TOKENS[f"greeting_{form}"],
+            manage=_TOKENS[f"manage_{form}"] if linked else "",
+            subscriber_id=_TOKENS[f"subscriber_{form}"],
+            unsubscribe_url=_TOKENS[f"unsubscribe_url_{form}"] if linked else None,
+            unsubscribe_email=_mailbox(identity.unsubscribe_email),
+        )
+    subject = env.get_template(f"digest.{chosen}.subject.j2").render(entries=shown, frequency=frequency)
+    return SharedEmail(
+        language=chosen, subject=" ".join(subject.split()), text=rendered["text"], html=rendered["html"]
+    )
+
+
+def render_shared_for(alert: Alert, identity: EmailIdentity) -> SharedEmail:
+    """The shared body of ``alert``'s email: a digest's, or the case's (:func:`render_shared`)."""
+    if alert.digest:
+        return render_digest(
+            alert.digest,
+            alert.language,
+            identity,
+            frequency=alert.digest_frequency or "daily",
+            home_country=alert.home_country,
+        )
+    return render_shared(
+        alert.case,
+        alert.language,
+        identity,
+        home_country=alert.home_country,
+        follow_up=alert.follow_up,
+        reminder=alert.reminder,
+    )
 
 
 def _action_context(action: ActionCall | None, language: str, chosen: str) -> dict[str, object]:
@@ -429,6 +546,8 @@ def _personal_fields(alert: Alert, identity: EmailIdentity) -> dict[str, str | N
         manage_html = html_form.replace(_URL_MARK, str(escape(preferences)))
     acted = None
     call = alert.case.action_call
+    if alert.digest:
+        call = None  # a digest has a slot per case instead (_digest_substitutions)
     if identity.links is not None and call is not None:
         # The call as published names the action, whichever variant the person was asked:
         # everyone who answers one call counts towards its goal (per region in ActionTaken).
@@ -450,6 +569,23 @@ def _personal_fields(alert: Alert, identity: EmailIdentity) -> dict[str, str | N
     }
 
 
+def _digest_substitutions(alert: Alert, identity: EmailIdentity) -> dict[str, str]:
+    """The values of a digest's numbered "I did this" slots: one per case with a call."""
+    values: dict[str, str] = {}
+    if identity.links is None:
+        return values
+    language = template_language(alert.language)
+    for index, entry in enumerate(alert.digest):
+        call = entry.case.action_call
+        if call is None:
+            continue
+        action_id = _action_id(entry.case.case_id, call)
+        link = identity.links.acted_url(alert.subscriber_id, action_id, entry.event_id, language)
+        values[_digest_acted_token(index, "text")] = link
+        values[_digest_acted_token(index, "html")] = str(escape(link))
+    return values
+
+
 def render_personal(alert: Alert, identity: EmailIdentity) -> PersonalParts:
     """Render the per-person slot values of ``alert``.
 
@@ -467,11 +603,14 @@ def personal_substitutions(alert: Alert, identity: EmailIdentity) -> dict[str, s
 
     This runs once per recipient in every email sink.
     """
-    return {
+    values = {
         _TOKENS[field]: value
         for field, value in _personal_fields(alert, identity).items()
         if value is not None
     }
+    if alert.digest:
+        values.update(_digest_substitutions(alert, identity))
+    return values
 
 
 def fill(body: str, substitutions: Mapping[str, str]) -> str:
@@ -512,21 +651,17 @@ def fill_split(parts: tuple[str, ...], substitutions: Mapping[str, str]) -> str:
 
 
 _SHARED_CACHE_SIZE = 128
-_shared_cache: dict[tuple[str, str, int | None, bool, EmailIdentity], SharedEmail] = {}
+_shared_cache: dict[tuple[tuple[object, ...], EmailIdentity], SharedEmail] = {}
 
 
 def shared_email(alert: Alert, identity: EmailIdentity) -> SharedEmail:
-    """The shared part of ``alert``'s email, rendered once per update, language, variant and kind."""
+    """The shared part of ``alert``'s email, rendered once per :func:`body_key`."""
     # An update reaches thousands of people in a handful of languages and variants of its
-    # call: render its shared part once for each. The event id names the update (a replay
-    # is the same update). The person's language, not the template's: titles are picked in
-    # it. The variant, not the country: everyone a variant does not name shares one body.
-    key = (alert.event_id, alert.language, action_variant(alert), alert.follow_up, identity)
+    # call: render its shared part once for each.
+    key = (body_key(alert), identity)
     shared = _shared_cache.get(key)
     if shared is None:
-        shared = render_shared(
-            alert.case, alert.language, identity, home_country=alert.home_country, follow_up=alert.follow_up
-        )
+        shared = render_shared_for(alert, identity)
         if len(_shared_cache) >= _SHARED_CACHE_SIZE:
             _shared_cache.pop(next(iter(_shared_cache)))  # the oldest
         _shared_cache[key] = shared

@@ -38,10 +38,10 @@ from .rendering import (
     ONE_CLICK,
     EmailIdentity,
     SharedEmail,
-    action_variant,
+    body_key,
     fill,
     personal_substitutions,
-    render_shared,
+    render_shared_for,
     unsubscribe_headers,
 )
 from .retry_after import retry_after
@@ -179,15 +179,16 @@ def _address(email: str, name: str | None) -> dict[str, str]:
 def _groups(alerts: Sequence[Alert]) -> Iterator[list[Alert]]:
     """Alerts that get the same email body.
 
-    Same event, language, variant of the action call, kind of email and case content.
+    Same :func:`connectors.rendering.body_key` (event, language, variant of the action call,
+    kind of email, a digest's cases) and case content.
     """
-    by_key: dict[tuple[str, str, int | None, bool], list[tuple[PublicCase, list[Alert]]]] = {}
+    by_key: dict[tuple[object, ...], list[tuple[PublicCase, list[Alert]]]] = {}
     seen: set[str] = set()
     for alert in alerts:
         if alert.alert_id in seen:
             continue
         seen.add(alert.alert_id)
-        key = (alert.event_id, alert.language, action_variant(alert), alert.follow_up)
+        key = body_key(alert)
         groups = by_key.setdefault(key, [])
         for case, members in groups:
             if alert.case is case or alert.case == case:
@@ -307,13 +308,7 @@ def plan_requests(
     for group in _groups(alerts):
         try:
             first = group[0]
-            shared = render_shared(
-                first.case,
-                first.language,
-                identity,
-                home_country=first.home_country,
-                follow_up=first.follow_up,
-            )
+            shared = render_shared_for(first, identity)
         except (jinja2.TemplateError, ValueError) as exc:
             failed.extend(_cannot_render(alert, exc) for alert in group)
             continue

@@ -59,6 +59,16 @@ class Settings(LinkSettings):
     then stopped reading one of them in 2 of 4 runs of the SendGrid kill test (0 of 3 at 1,500)."""
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     """Attempts for a retryable sink failure before the alert is dead-lettered."""
+    digest_local_time: str = Field(default="08:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    """When digests go out, ``HH:MM`` in each person's own zone (their local morning)."""
+    digest_weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] = (
+        "monday"
+    )
+    """The day weekly digests go out, in each person's own zone."""
+    clock_file: Path | None = None
+    """For rehearsals and tests only: a file holding the epoch seconds the worker takes as
+    "now" for waves, reminders and digests (so a day of action can be run through without
+    waiting for it). Unset (always, in production): the system clock."""
     store: str = Field(default="memory://", pattern=r"^(memory|rocksdb|rocksdict)://")
     """Faust table store: ``memory://`` or ``rocksdict://`` for large shards on disk."""
     data_dir: Path = Path("data")

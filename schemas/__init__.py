@@ -1,7 +1,18 @@
 """The event models: the only contract between the parts of mobilise and its integrators."""
 
 from .action_taken import ActionTaken, taken_id_for
-from .alert import Alert, AlertBatch, MatchReason, Recipient, alert_id_for, batch_id_for
+from .alert import (
+    Alert,
+    AlertBatch,
+    DigestEntry,
+    MatchReason,
+    Recipient,
+    alert_id_for,
+    batch_id_for,
+    digest_event_id_for,
+    reminded_event_id,
+    reminder_event_id_for,
+)
 from .api_token import ApiToken, TokenRole
 from .audit import AuditAction, AuditRecord, audit_id_for
 from .case_update import (
@@ -33,7 +44,7 @@ from .vocabulary import (
     brand_key,
     known_interests,
 )
-from .wave import Wave, WaveCancellation, release_at, wave_id_for, zone_for
+from .wave import Wave, WaveCancellation, local_instant, release_at, wave_id_for, zone_for
 
 __all__ = [
     "BASE_INTERESTS",
@@ -54,6 +65,7 @@ __all__ = [
     "DeadLetter",
     "DeliveryEvent",
     "DeliveryOutcome",
+    "DigestEntry",
     "Factory",
     "FieldError",
     "Interest",
@@ -75,11 +87,15 @@ __all__ = [
     "batch_id_for",
     "brand_key",
     "country_name",
+    "digest_event_id_for",
     "known_countries",
     "known_interests",
+    "local_instant",
     "read_subscriptions_record",
     "region_of",
     "release_at",
+    "reminded_event_id",
+    "reminder_event_id_for",
     "subscriber_id_for",
     "taken_id_for",
     "wave_id_for",

@@ -17,7 +17,36 @@ from .case_update import PublicCase
 from .geography import Region
 from .vocabulary import Language
 
-__all__ = ["Alert", "AlertBatch", "MatchReason", "Recipient", "alert_id_for", "batch_id_for"]
+__all__ = [
+    "Alert",
+    "AlertBatch",
+    "DigestEntry",
+    "MatchReason",
+    "Recipient",
+    "alert_id_for",
+    "batch_id_for",
+    "digest_event_id_for",
+    "reminded_event_id",
+    "reminder_event_id_for",
+]
+
+
+_REMINDER = ".reminder"
+
+
+def reminder_event_id_for(event_id: str) -> str:
+    """The event id a reminder of the update ``event_id`` is sent under: its own alert ids."""
+    return event_id + _REMINDER
+
+
+def reminded_event_id(reminder_event_id: str) -> str:
+    """The update a reminder's event id (:func:`reminder_event_id_for`) reminds of."""
+    return reminder_event_id.removesuffix(_REMINDER)
+
+
+def digest_event_id_for(frequency: str, due: datetime) -> str:
+    """The event id of the digests due at ``due``: a person gets one digest per due time."""
+    return "dig-" + stable_id(frequency, due.astimezone(UTC).isoformat(), length=24)
 
 
 def alert_id_for(event_id: str, subscriber_id: str) -> str:
@@ -60,6 +89,17 @@ class MatchReason(Event):
     """Followed brands among the case's brands (as the case spells them)."""
 
 
+class DigestEntry(Event):
+    """One case of a digest: the latest update of it the person has not had yet."""
+
+    event_id: str
+    """The update's idempotency key."""
+    case: PublicCase
+    """The case as of that update (the public projection)."""
+    earlier: tuple[str, ...] = ()
+    """The statuses the case went through before it since the last digest, oldest first."""
+
+
 class Alert(Event):
     """A case update addressed to one subscriber, ready for a sink to deliver."""
 
@@ -87,6 +127,13 @@ class Alert(Event):
     follow_up: bool = False
     """A follow-up for someone who acted on the case: it has reached remedy_won or closed,
     and the email tells them what their action achieved."""
+    reminder: bool = False
+    """A reminder of the case's action call, before its deadline, for someone who got the
+    call and has not said they acted."""
+    digest: tuple[DigestEntry, ...] = ()
+    """A digest: every case here, open action calls first (``case`` is the first of them)."""
+    digest_frequency: Literal["daily", "weekly"] | None = None
+    """Which digest the person chose, when this is one."""
     created_at: AwareDatetime
     """When the match was made."""
 
@@ -130,6 +177,13 @@ class AlertBatch(Event):
     """What changed (the public projection: internal fields are not here)."""
     follow_up: bool = False
     """Follow-ups for people who acted on the case (see :attr:`Alert.follow_up`)."""
+    reminder: bool = False
+    """Reminders of the action call (see :attr:`Alert.reminder`); held until ``release_at``."""
+    digest: tuple[DigestEntry, ...] = ()
+    """A digest's cases (see :attr:`Alert.digest`); ``event_id`` is then the digest's
+    (:func:`digest_event_id_for`) and ``case`` the first entry's."""
+    digest_frequency: Literal["daily", "weekly"] | None = None
+    """Which digest, when this is one."""
     created_at: AwareDatetime
     """When the match was made."""
     release_at: AwareDatetime | None = None
@@ -156,6 +210,9 @@ class AlertBatch(Event):
                 reason=r.reason,
                 home_country=r.home_country,
                 follow_up=self.follow_up,
+                reminder=self.reminder,
+                digest=self.digest,
+                digest_frequency=self.digest_frequency,
                 created_at=self.created_at,
             )
             for r in self.recipients

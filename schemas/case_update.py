@@ -117,6 +117,25 @@ class ActionCall(Event):
     wave: Wave | None = None
     """When the alerts go out: held until then (one instant, or one local time in each
     subscriber's zone), so that a day of action lands everywhere together; at once if None."""
+    remind_hours_before: Annotated[int, Field(ge=1, le=24 * 60)] | None = None
+    """Ask for a reminder: this many hours before a person's deadline, everyone who got the
+    call and has not said they acted gets one reminder. Needs a deadline (the call's, or a
+    variant's: people without one get none). None: no reminders."""
+
+    @model_validator(mode="after")
+    def _reminder_needs_deadline(self) -> ActionCall:
+        if self.remind_hours_before is not None and not (
+            self.deadline is not None or any(v.deadline is not None for v in self.variants)
+        ):
+            raise ValueError(
+                "remind_hours_before needs a deadline: give the action call (or its variants) a "
+                "deadline, or leave remind_hours_before out"
+            )
+        return self
+
+    def deadline_for(self, country: str | None) -> AwareDatetime | None:
+        """The deadline a person living in ``country`` has (their variant's, else the call's)."""
+        return self.for_place(country).deadline if self.variants else self.deadline
 
     def for_place(self, country: str | None) -> ActionCall:
         """The call as a person living in ``country`` gets it: their variant applied, no variants left.
@@ -175,6 +194,18 @@ class PublicCase(Event):
     """What people are asked to do, if anything."""
     occurred_at: AwareDatetime
     """When the status changed."""
+    bypass_digests: bool = False
+    """Send this update at once to everyone it matches, also to people who chose a daily or
+    weekly digest. Only an ``urgent_action`` may bypass digests."""
+
+    @model_validator(mode="after")
+    def _bypass_only_urgent(self) -> PublicCase:
+        if self.bypass_digests and self.status is not CaseStatus.URGENT_ACTION:
+            raise ValueError(
+                f"bypass_digests is for urgent_action updates only, and this one is {self.status.value!r}; "
+                "leave bypass_digests out, or publish it as urgent_action"
+            )
+        return self
 
 
 class CaseUpdate(PublicCase):
@@ -208,6 +239,13 @@ class CaseUpdate(PublicCase):
         object.__setattr__(self, "region", derived)
         if not self.event_id:
             content = self.model_dump(mode="json", exclude={"event_id", "internal", "region"})
+            # Fields added later count only when set, so an update published before they
+            # existed keeps its event id (a replay of it stays a replay).
+            if not self.bypass_digests:
+                del content["bypass_digests"]
+            call = content.get("action_call")
+            if call is not None and call.get("remind_hours_before") is None:
+                del call["remind_hours_before"]
             object.__setattr__(self, "event_id", "evt-" + stable_id(content, length=24))
         return self
 

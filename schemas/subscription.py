@@ -13,8 +13,9 @@ from .wave import TimeZoneName, check_time_zone
 
 __all__ = ["Frequency", "Subscription", "subscriber_id_for"]
 
-Frequency = Literal["immediate"]
-"""How often alerts are sent. Digests come later; for now every match is sent at once."""
+Frequency = Literal["immediate", "daily", "weekly"]
+"""How often alerts are sent: each at once, or gathered into one digest email a day or a week,
+sent at the person's local morning (an urgent action marked ``bypass_digests`` still goes at once)."""
 
 
 def subscriber_id_for(email: str) -> str:
@@ -59,7 +60,8 @@ class Subscription(Event):
     statuses: tuple[CaseStatus, ...] = tuple(CaseStatus)
     """Case statuses to be alerted about; all of them unless narrowed."""
     frequency: Frequency = "immediate"
-    """When alerts are sent."""
+    """When alerts are sent: ``immediate``, or a ``daily`` or ``weekly`` digest (Mondays) at
+    the person's local morning, in their ``time_zone`` (else their home country's)."""
     home_country: Country | None = None
     """Where the person lives, if they said: picks the regional variant of an action call
     (a protest in their city) and their local morning; never used for matching."""

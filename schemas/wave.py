@@ -30,6 +30,7 @@ __all__ = [
     "WaveCancellation",
     "check_time_zone",
     "country_zone",
+    "local_instant",
     "release_at",
     "wave_id_for",
     "zone_for",
@@ -106,9 +107,18 @@ def release_at(wave: Wave, zone: str | ZoneInfo | None) -> datetime:
     if wave.send_at is not None:
         return wave.send_at.astimezone(UTC)
     assert wave.local_time is not None and wave.local_date is not None  # checked by the validator
+    return local_instant(wave.local_date, wave.local_time, zone)
+
+
+def local_instant(day: date, local_time: str, zone: str | ZoneInfo | None) -> datetime:
+    """``local_time`` (``HH:MM``) on ``day`` in ``zone`` (None: UTC), as an aware UTC datetime.
+
+    The rules of :func:`release_at` for clock changes: a skipped time lands after the gap,
+    a repeated one is the first.
+    """
     tz = ZoneInfo(zone) if isinstance(zone, str) else zone or UTC
-    hours, minutes = (int(part) for part in wave.local_time.split(":"))
-    local = datetime.combine(wave.local_date, time(hours, minutes), tzinfo=tz)
+    hours, minutes = (int(part) for part in local_time.split(":"))
+    local = datetime.combine(day, time(hours, minutes), tzinfo=tz)
     return local.astimezone(UTC)
 
 

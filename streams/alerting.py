@@ -18,16 +18,22 @@ from schemas import (
     PublicCase,
     Recipient,
     Subscription,
+    action_id_for,
     alert_id_for,
     batch_id_for,
+    release_at,
+    reminder_event_id_for,
     wave_id_for,
+    zone_for,
 )
 
 from .acted import ActedCases, follow_ups_for
+from .digests import DigestBook, wants_digest
 from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
+from .reminders import CaseStatuses, reminder_groups, reminders_wave_id_for
 from .shards import SubscriberShards
-from .waves import release_groups
+from .waves import Clock, release_groups
 
 __all__ = ["MAX_RECORD_BYTES", "Matcher", "alert_batches", "encode_batch", "split_follow_ups"]
 
@@ -64,6 +70,7 @@ def alert_batches(
     people: Iterable[tuple[Subscription, MatchReason]],
     batch_size: int,
     follow_up: bool = False,
+    reminder: bool = False,
     release_at: datetime | None = None,
     wave_id: str | None = None,
 ) -> list[AlertBatch]:
@@ -74,7 +81,8 @@ def alert_batches(
     update's other batches. A person's alert id is ``alert_id_for(event_id, subscriber_id)``
     either way, so nobody gets the update twice, whichever batch carries them. Batches
     held for a wave carry its ``wave_id`` and their ``release_at``, which is part of
-    their id: people released at different times are in different batches.
+    their id: people released at different times are in different batches. Reminder
+    batches (``reminder``) are given the reminder's event id (:func:`schemas.reminder_event_id_for`).
     """
     by_language: dict[str, list[Recipient]] = {}
     for subscription, reason in people:
@@ -98,6 +106,9 @@ def alert_batches(
             language=language,
             case=case,
             follow_up=follow_up,
+            reminder=reminder,
+            digest=(),
+            digest_frequency=None,
             created_at=created_at,
             release_at=release_at,
             wave_id=wave_id if release_at is not None else None,
@@ -137,6 +148,11 @@ class Matcher:
     An update whose action call has a wave is cut, besides, by release time: one group
     per distinct ``release_at`` of its people (their zones), each batch carrying it, for
     the delivery stage to hold until then.
+
+    People who chose a digest get the update in their next one (``digests``) instead,
+    unless it bypasses digests. When the call asks for reminders, reminder batches are cut
+    too, held until each person's reminder time (:mod:`streams.reminders`). Every update's
+    status is recorded (``statuses``), for the reminders of a case won or closed since.
     """
 
     stage = "match"
@@ -150,7 +166,13 @@ class Matcher:
         dead_letters: DeadLetters,
         metrics: PipelineMetrics,
         batch_size: int,
+        digests: DigestBook,
+        statuses: CaseStatuses,
+        clock: Clock,
     ) -> None:
+        self._digests = digests
+        self._statuses = statuses
+        self._clock = clock
         self._metrics = metrics
         self._batch_size = batch_size
         self._shards = shards
@@ -177,10 +199,18 @@ class Matcher:
             return
         started = time.perf_counter()
         public = update.public()
-        now = datetime.now(UTC)
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        self._statuses.record(public, update.event_id, partition)
         follow_ups = follow_ups_for(public, self._acted.who_acted(partition, update.case_id), shard)
-        normal = split_follow_ups(shard.match(public), follow_ups)
-        wave = public.action_call.wave if public.action_call is not None else None
+        normal = []
+        digested = 0
+        for subscription, reason in split_follow_ups(shard.match(public), follow_ups):
+            if not wants_digest(subscription, public):
+                normal.append((subscription, reason))
+            elif self._digests.add(subscription, public, update.event_id, partition, now):
+                digested += 1
+        call = public.action_call
+        wave = call.wave if call is not None else None
         wave_id = wave_id_for(update.case_id, wave) if wave is not None else None
         batches = [
             batch
@@ -198,6 +228,30 @@ class Matcher:
                 wave_id=wave_id,
             )
         ]
+        reminded = 0
+        if call is not None and call.remind_hours_before is not None:
+
+            def released(subscription: Subscription) -> datetime | None:
+                if wave is None:
+                    return None
+                return release_at(wave, zone_for(subscription.time_zone, subscription.home_country))
+
+            reminders_id = reminders_wave_id_for(update.case_id, action_id_for(update.case_id, call))
+            for when, group in reminder_groups(public, normal, now, released):
+                reminded += len(group)
+                batches.extend(
+                    alert_batches(
+                        event_id=reminder_event_id_for(update.event_id),
+                        partition=partition,
+                        case=public,
+                        created_at=now,
+                        people=group,
+                        batch_size=self._batch_size,
+                        reminder=True,
+                        release_at=when,
+                        wave_id=reminders_id,
+                    )
+                )
         pending = []
         for batch in batches:
             for key, value in encode_batch(batch):
@@ -207,10 +261,14 @@ class Matcher:
         self._metrics.match_seconds.observe(time.perf_counter() - started)
         self._metrics.alerts.inc(matched)
         self._metrics.follow_ups.inc(len(follow_ups))
+        self._metrics.digest_entries.inc(digested)
+        self._metrics.reminders.inc(reminded)
         bound.info(
             "case_update.matched",
             matched=matched,
             follow_ups=len(follow_ups),
+            digested=digested,
+            reminders=reminded,
             batches=len(pending),
             shard_size=len(shard),
             wave_id=wave_id,

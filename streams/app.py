@@ -19,24 +19,30 @@ from mobilise.kafka_security import kafka_security
 from mobilise.settings import Settings
 
 from .acted import ActedCases, ActionIntake
-from .alerting import Matcher
+from .alerting import Matcher, encode_batch
 from .bulk import BulkProducer
 from .consumer import RewindingConsumer
 from .delivery import Delivery
+from .digests import DigestBook, DigestSender
 from .fanout import FanOut
 from .health import Readiness, health_app
 from .metrics import PipelineMetrics
 from .records import DeadLetters
+from .reminders import CaseStatuses, ReminderScreen
 from .sent import SentAlerts
 from .shards import SubscriberShards, SubscriptionIntake
 from .tables import PartitionedTable, declare_table
 from .topics import TopicNames
-from .waves import CancellationIntake, CancelledWaves, HeldAlerts
+from .waves import CancellationIntake, CancelledWaves, HeldAlerts, file_clock
 
-__all__ = ["RELEASE_INTERVAL", "Pipeline", "create_app"]
+__all__ = ["DIGEST_INTERVAL", "RELEASE_INTERVAL", "Pipeline", "create_app"]
 
 RELEASE_INTERVAL = 1.0
 """Seconds between two looks at the held alerts: a wave lands at most this late."""
+
+DIGEST_INTERVAL = 5.0
+"""Seconds between two looks at the digests waiting: a digest goes at most this late
+(each look goes through everyone waiting)."""
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +74,8 @@ class Pipeline:
     acted: PartitionedTable
     held: PartitionedTable
     cancelled: PartitionedTable
+    digests: PartitionedTable
+    statuses: PartitionedTable
     metrics: PipelineMetrics
     readiness: Readiness
 
@@ -133,7 +141,21 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     )
     cancelled = CancelledWaves(cancelled_table)
     cancellations = CancellationIntake(cancelled=cancelled, dead_letters=dead_letters)
+    digests_table = declare_table(
+        app, "digests", partitions, "Updates waiting for a person's daily or weekly digest, by subscriber_id"
+    )
+    digests = DigestBook(
+        digests_table, local_time=settings.digest_local_time, weekday=settings.digest_weekday
+    )
+    statuses_table = declare_table(
+        app, "case-status", partitions, "Latest status of each case, by case_id@partition (one per partition)"
+    )
+    statuses = CaseStatuses(statuses_table)
+    clock = file_clock(settings.clock_file) if settings.clock_file is not None else time.time
     shards = SubscriberShards()
+    metrics.held_batches.set_function(lambda: len(held))
+    metrics.held_alerts.set_function(lambda: held.people)
+    metrics.digests_waiting.set_function(lambda: len(digests))
     metrics.subscribers.set_function(lambda: sum(len(s) for p in shards.partitions if (s := shards.shard(p))))
     readiness = Readiness()
 
@@ -141,7 +163,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         fanout_topic=case_fanout, partitions=partitions, seen=seen, dead_letters=dead_letters, metrics=metrics
     )
     intake = SubscriptionIntake(
-        shards=shards, table=subscribers, dead_letters=dead_letters, on_erased=[acted.forget]
+        shards=shards, table=subscribers, dead_letters=dead_letters, on_erased=[acted.forget, digests.forget]
     )
     actions = ActionIntake(acted=acted, subscribers=subscribers, dead_letters=dead_letters)
     matcher = Matcher(
@@ -151,6 +173,18 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         dead_letters=dead_letters,
         metrics=metrics,
         batch_size=settings.delivery_batch_size,
+        digests=digests,
+        statuses=statuses,
+        clock=clock,
+    )
+    digest_sender = DigestSender(
+        book=digests,
+        shards=shards,
+        alerts_topic=alerts,
+        batch_size=settings.delivery_batch_size,
+        clock=clock,
+        encode=encode_batch,
+        on_sent=metrics.digests_sent.inc,
     )
     delivery = Delivery(
         sink=sink,
@@ -163,7 +197,10 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         held=held,
         cancelled=cancelled,
         alerts_topic=names.alerts,
-        clock=time.time,
+        screen=ReminderScreen(
+            shards=shards, acted=acted_table, statuses=statuses, was_sent=sent_alerts.__contains__
+        ),
+        clock=clock,
     )
     inputs = names_read
 
@@ -239,6 +276,11 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         if readiness.shards_loaded:  # not while a rebalance is rebuilding what is held
             await delivery.release_due()
 
+    @app.timer(interval=DIGEST_INTERVAL)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def _send_digests() -> None:
+        if readiness.shards_loaded:  # the shards say who is still subscribed
+            await digest_sender.send_due()
+
     @app.agent(case_fanout, name="match")
     async def _match(stream: Any) -> None:
         async for event in stream.events():
@@ -260,6 +302,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         sent_known = sent_alerts.load(sent.items())
         held_batches = held.assign(owned, held_table.items())
         cancelled_known = cancelled.load(cancelled_table.items())
+        digests_waiting = digests.assign(owned, digests_table.items())
         readiness.partitions = frozenset(owned)
         readiness.shards_loaded = True
         log.info(
@@ -271,6 +314,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
             acted=acted_people,
             held=held_batches,
             cancelled_waves=cancelled_known,
+            digests_waiting=digests_waiting,
             subscribers=sum(len(s) for p in owned if (s := shards.shard(p)) is not None),
         )
 
@@ -296,6 +340,8 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         acted=acted_table,
         held=held_table,
         cancelled=cancelled_table,
+        digests=digests_table,
+        statuses=statuses_table,
         metrics=metrics,
         readiness=readiness,
     )

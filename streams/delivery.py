@@ -19,6 +19,7 @@ from schemas import Alert, AlertBatch, DeliveryEvent, DeliveryOutcome
 from .bulk import BulkProducer
 from .metrics import PipelineMetrics
 from .records import DeadLetters, RawEvent, read_model
+from .reminders import ReminderScreen
 from .sent import SentAlerts
 from .waves import CancelledWaves, Clock, HeldAlerts
 
@@ -80,6 +81,10 @@ class Delivery:
     twice, as ``sent`` still decides. Its held row is deleted only after its outcomes were
     recorded, so a crash in between releases it again, into ``sent``'s check. A held batch
     of a wave in ``cancelled`` is never sent: each person gets a ``cancelled`` delivery event.
+
+    A held batch (a wave's or a reminder) is screened by ``screen`` before it goes: people
+    no longer subscribed, and for a reminder those who acted, who never got the call, or
+    whose case was won or closed since, get a ``cancelled`` delivery event saying why.
     """
 
     def __init__(
@@ -95,9 +100,11 @@ class Delivery:
         held: HeldAlerts,
         cancelled: CancelledWaves,
         alerts_topic: str,
+        screen: ReminderScreen | None = None,
         clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        self._screen = screen
         self._metrics = metrics
         self._held = held
         self._cancelled = cancelled
@@ -192,9 +199,10 @@ class Delivery:
                 self._held.release(batch.batch_id)
         return len(due)
 
-    async def _cancel(self, part: _Part) -> None:
+    async def _cancel(self, part: _Part, detail: str | None = None) -> None:
         """Record ``cancelled`` for everyone of ``part`` not sent already; hand nothing to the sink."""
-        part.outcomes.extend((alert, DeliveryOutcome.CANCELLED, 0, None, None) for alert in part.alerts)
+        part.outcomes.extend((alert, DeliveryOutcome.CANCELLED, 0, None, detail) for alert in part.alerts)
+        part.alerts = []
         log.info(
             "alerts.cancelled",
             batch_id=part.batch.batch_id,
@@ -215,7 +223,30 @@ class Delivery:
                 part.alerts.append(alert)
         return part
 
+    def _screened(self, part: _Part) -> str | None:
+        """Take the people ``screen`` keeps from ``part`` out of it; the reason when it keeps everyone."""
+        batch = part.batch
+        if self._screen is None or (batch.release_at is None and not batch.reminder):
+            return None
+        whole = self._screen.batch_reason(batch, part.partition)
+        if whole is not None:
+            return whole
+        kept = []
+        for alert in part.alerts:
+            reason = self._screen.person_reason(batch, alert, part.partition)
+            if reason is None:
+                kept.append(alert)
+            else:
+                part.outcomes.append((alert, DeliveryOutcome.CANCELLED, 0, None, reason))
+        part.alerts = kept
+        return None
+
     async def _deliver(self, part: _Part) -> None:
+        whole = self._screened(part)
+        if whole is not None:
+            await self._cancel(part, whole)
+            return
+
         def count_retries(records: int) -> None:
             self._metrics.deliveries.labels(self._sink.name, "failed").inc(records)
 

@@ -72,3 +72,33 @@ class PipelineMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.held_batches = Gauge(
+            "mobilise_held_alert_batches",
+            "Alert batches held for a wave or a reminder on this worker's partitions.",
+            registry=registry,
+        )
+        self.held_alerts = Gauge(
+            "mobilise_held_alerts",
+            "Alerts (people) in the held batches.",
+            registry=registry,
+        )
+        self.reminders = Counter(
+            "mobilise_reminders_scheduled_total",
+            "Reminders of an action call cut and held until their time (one per person and update).",
+            registry=registry,
+        )
+        self.digests_waiting = Gauge(
+            "mobilise_digests_waiting",
+            "People on this worker's partitions with a digest waiting for their morning.",
+            registry=registry,
+        )
+        self.digest_entries = Counter(
+            "mobilise_digest_entries_total",
+            "Matched updates put into a person's next digest instead of sent at once.",
+            registry=registry,
+        )
+        self.digests_sent = Counter(
+            "mobilise_digests_sent_total",
+            "Digests handed to the alerts topic (one per person and digest).",
+            registry=registry,
+        )

@@ -11,8 +11,10 @@ after every rebalance, like the acted and sent state.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -23,12 +25,31 @@ from schemas import AlertBatch, MatchReason, PublicCase, Subscription, WaveCance
 from .records import DeadLetters, RawEvent, read_model
 from .tables import PartitionedTable, on_partition
 
-__all__ = ["CancellationIntake", "CancelledWaves", "Clock", "HeldAlerts", "release_groups"]
+__all__ = ["CancellationIntake", "CancelledWaves", "Clock", "HeldAlerts", "file_clock", "release_groups"]
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
 """Seconds since the epoch, like :func:`time.time`; injected so tests drive time."""
+
+
+def file_clock(path: Path) -> Clock:
+    """A clock that reads the epoch seconds written in ``path`` (``MOBILISE_CLOCK_FILE``).
+
+    For rehearsals and tests that run a day of action through a real worker without
+    waiting: whoever drives time rewrites the file (atomically, by a rename). A read that
+    fails keeps the last time read, so time never jumps back to the system clock.
+    """
+    last = [time.time()]
+
+    def now() -> float:
+        try:
+            last[0] = float(path.read_text("ascii").strip())
+        except (OSError, ValueError):
+            log.warning("clock_file.unreadable", path=str(path))
+        return last[0]
+
+    return now
 
 
 def release_groups(
@@ -77,6 +98,11 @@ class HeldAlerts:
 
     def __contains__(self, batch_id: object) -> bool:
         return batch_id in self._held
+
+    @property
+    def people(self) -> int:
+        """Alerts in the held batches."""
+        return sum(len(batch.recipients) for _, batch in self._held.values())
 
     def assign(self, partitions: Iterable[int], rows: Iterable[tuple[str, Any]]) -> int:
         """Hold exactly the rows of ``partitions`` found in ``rows`` (the table); return how many."""

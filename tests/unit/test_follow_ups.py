@@ -6,7 +6,6 @@ import asyncio
 import json
 from collections import Counter
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from schemas import (
     AlertBatch,
     CaseStatus,
     CaseUpdate,
-    DeadLetter,
     MatchReason,
     Subscription,
     Suppression,
@@ -25,12 +23,11 @@ from schemas import (
     alert_id_for,
     taken_id_for,
 )
-from streams.acted import ActedCases, ActionIntake, follow_ups_for
-from streams.alerting import Matcher, alert_batches, split_follow_ups
+from streams.acted import ActedCases, follow_ups_for
+from streams.alerting import alert_batches, split_follow_ups
 from streams.matching import SubscriberIndex, reason_for
-from streams.metrics import PipelineMetrics
-from streams.records import DeadLetters
-from streams.shards import SubscriberShards, SubscriptionIntake
+
+from .world import Partition, raw_event
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -191,87 +188,6 @@ def test_follow_up_batches_are_split_by_batch_size() -> None:
 # -- the acted state and its intake ---------------------------------------------------------
 
 
-class _Sent:
-    """A stand-in for a faust topic: remembers what was sent."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[bytes | None, bytes, int | None]] = []
-
-    async def send(
-        self, *, key: bytes | None, value: bytes, partition: int | None = None
-    ) -> asyncio.Future[None]:
-        self.records.append((key, value, partition))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
-def _event(topic: str, key: str | None, value: bytes | None, partition: int = 0, offset: int = 0) -> Any:
-    message = SimpleNamespace(
-        key=key.encode() if key is not None else None,
-        value=value,
-        partition=partition,
-        topic=topic,
-        offset=offset,
-    )
-    return SimpleNamespace(message=message)
-
-
-class Partition:
-    """One partition's subscriptions, acted state and matcher, with dicts for tables."""
-
-    def __init__(self, *people: Subscription) -> None:
-        self.shards = SubscriberShards()
-        self.shards.assign([0], [])
-        self.subscribers: dict[str, Any] = {}
-        self.table: dict[str, Any] = {}
-        self.acted = ActedCases(self.table)  # type: ignore[arg-type]  # uses get, set and pop
-        self.acted.assign([0], [])
-        self.letters = _Sent()
-        self.alerts = _Sent()
-        dead_letters = DeadLetters(self.letters)  # type: ignore[arg-type]  # only send()
-        self.subscriptions = SubscriptionIntake(
-            shards=self.shards,
-            table=self.subscribers,  # type: ignore[arg-type]  # as above
-            dead_letters=dead_letters,
-            on_erased=[self.acted.forget],
-        )
-        self.actions = ActionIntake(
-            acted=self.acted,
-            subscribers=self.subscribers,  # type: ignore[arg-type]  # uses get
-            dead_letters=dead_letters,
-        )
-        self.metrics = PipelineMetrics()
-        self.matcher = Matcher(
-            shards=self.shards,
-            acted=self.acted,
-            alerts_topic=self.alerts,  # type: ignore[arg-type]  # only send()
-            dead_letters=dead_letters,
-            metrics=self.metrics,
-            batch_size=1000,
-        )
-        for person in people:
-            self.subscribe(person.subscriber_id, person)
-
-    def subscribe(self, key: str, record: Subscription | Suppression | None) -> None:
-        value = record.model_dump_json().encode() if record is not None else None
-        asyncio.run(self.subscriptions.process(_event("subscriptions", key, value)))
-
-    def act(self, record: ActionTaken, key: str | None = None, value: bytes | None = None) -> None:
-        raw = value if value is not None else record.model_dump_json().encode()
-        asyncio.run(self.actions.process(_event("actions-taken", key or record.subscriber_id, raw)))
-
-    def match(self, update: CaseUpdate) -> list[AlertBatch]:
-        self.alerts.records.clear()
-        asyncio.run(
-            self.matcher.process(_event("case-fanout", update.case_id, update.model_dump_json().encode()))
-        )
-        return [AlertBatch.model_validate_json(value) for _, value, _ in self.alerts.records]
-
-    def dead_letters(self) -> list[DeadLetter]:
-        return [DeadLetter.model_validate_json(value) for _, value, _ in self.letters.records]
-
-
 def test_the_same_taken_id_twice_changes_nothing() -> None:
     part = Partition(ACTED)
     with capture_logs() as logs:
@@ -306,7 +222,7 @@ def test_a_partition_not_loaded_here_is_dead_lettered() -> None:
     record = taken(ACTED.subscriber_id)
     asyncio.run(
         part.actions.process(
-            _event("actions-taken", ACTED.subscriber_id, record.model_dump_json().encode(), partition=3)
+            raw_event("actions-taken", ACTED.subscriber_id, record.model_dump_json().encode(), partition=3)
         )
     )
     (letter,) = part.dead_letters()

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from connectors.base import Sink, SinkOutcome
 from schemas import (
     ActionCall,
-    Alert,
     AlertBatch,
     CaseUpdate,
-    DeliveryEvent,
     DeliveryOutcome,
     MatchReason,
     Subscription,
@@ -33,6 +29,8 @@ from streams.metrics import PipelineMetrics
 from streams.sent import SentAlerts
 from streams.topics import TopicNames, topic_specs
 from streams.waves import CancelledWaves, HeldAlerts, release_groups
+
+from .world import MemoryBulk, MemorySink
 
 
 def _wave(**fields: Any) -> Wave:
@@ -200,33 +198,6 @@ def test_the_cancellations_topic_has_as_many_partitions_as_the_alerts() -> None:
 # -- the delivery stage, with an injected clock ---------------------------------------------
 
 
-class _NoConfig(BaseModel):
-    pass
-
-
-class _Sink(Sink[_NoConfig, Alert]):
-    name: ClassVar[str] = "memory"
-    accepts = Alert
-    Config = _NoConfig
-
-    def __init__(self) -> None:
-        super().__init__(_NoConfig())
-        self.delivered: list[str] = []
-
-    async def deliver(self, records: Sequence[Alert]) -> Sequence[SinkOutcome]:
-        self.delivered.extend(r.alert_id for r in records)
-        return [SinkOutcome(record_id=r.alert_id, accepted=True) for r in records]
-
-
-class _Bulk:
-    def __init__(self) -> None:
-        self.events: list[DeliveryEvent] = []
-
-    async def send(self, topic: str, partition: int, records: Any) -> int:
-        self.events.extend(DeliveryEvent.model_validate_json(v) for _, v in records)
-        return len(records)
-
-
 class _DeadLetters:
     async def send(self, *args: Any, **kwargs: Any) -> None:
         raise AssertionError("nothing should be dead-lettered")
@@ -250,8 +221,8 @@ class _Stage:
 
     def __init__(self, now: float) -> None:
         self.now = now
-        self.sink = _Sink()
-        self.bulk = _Bulk()
+        self.sink = MemorySink()
+        self.bulk = MemoryBulk()
         self.held_table: dict[str, Any] = {}
         self.sent_table: dict[str, Any] = {}
         self.cancelled_table: dict[str, Any] = {}
