@@ -14,12 +14,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from schemas import ActionTaken, CaseStatus, MatchReason, PublicCase, Subscription
 
 from .matching import SubscriberIndex, reason_for
-from .records import DeadLetters, RawEvent, read_model
+from .records import DeadLetters, RawEvent
 from .tables import PartitionedTable, on_partition
 
 __all__ = ["FOLLOW_UP_STATUSES", "ActedCases", "ActionIntake", "follow_ups_for"]
@@ -164,10 +163,8 @@ class ActionIntake:
                 event, stage=self.stage, reason=f"partition {partition} is not loaded on this worker"
             )
             return
-        try:
-            taken = read_model(ActionTaken, message.value)
-        except ValidationError as exc:
-            await self._dead_letters.invalid(event, stage=self.stage, exc=exc)
+        taken = await self._dead_letters.read(ActionTaken, event, stage=self.stage)
+        if taken is None:
             return
         key = message.key.decode("utf-8", "replace") if isinstance(message.key, bytes) else None
         if key != taken.subscriber_id:

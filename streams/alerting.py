@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 import faust
 import structlog
-from pydantic import ValidationError
 
 from schemas import (
     AlertBatch,
@@ -30,7 +29,7 @@ from schemas import (
 from .acted import ActedCases, follow_ups_for
 from .digests import DigestBook, wants_digest
 from .metrics import PipelineMetrics
-from .records import DeadLetters, RawEvent, read_model
+from .records import DeadLetters, RawEvent
 from .reminders import CaseStatuses, reminder_groups, reminders_wave_id_for
 from .shards import SubscriberShards
 from .waves import Clock, release_groups
@@ -183,10 +182,8 @@ class Matcher:
     async def process(self, event: RawEvent) -> None:
         """Handle one record of case-fanout."""
         partition = event.message.partition
-        try:
-            update = read_model(CaseUpdate, event.message.value)
-        except ValidationError as exc:
-            await self._dead_letters.invalid(event, stage=self.stage, exc=exc)
+        update = await self._dead_letters.read(CaseUpdate, event, stage=self.stage)
+        if update is None:
             return
         bound = log.bind(event_id=update.event_id, case_id=update.case_id, partition=partition)
         shard = self._shards.shard(partition)

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from connectors.attempts import deliver_with_retries
 from connectors.base import Sink
@@ -18,7 +17,7 @@ from schemas import Alert, AlertBatch, DeliveryEvent, DeliveryOutcome
 
 from .bulk import BulkProducer
 from .metrics import PipelineMetrics
-from .records import DeadLetters, RawEvent, read_model
+from .records import DeadLetters, RawEvent
 from .reminders import ReminderScreen
 from .sent import SentAlerts
 from .waves import CancelledWaves, Clock, HeldAlerts
@@ -142,10 +141,8 @@ class Delivery:
         Or hold it, if its wave's time has not come; or cancel it, if its wave was called off.
         """
         await self._setup_once()
-        try:
-            batch = read_model(AlertBatch, event.message.value)
-        except ValidationError as exc:
-            await self._dead_letters.invalid(event, stage=self.stage, exc=exc)
+        batch = await self._dead_letters.read(AlertBatch, event, stage=self.stage)
+        if batch is None:
             return
         if batch.wave_id is not None and batch.wave_id in self._cancelled:
             async with self._lock:

@@ -6,12 +6,11 @@ import asyncio
 
 import faust
 import structlog
-from pydantic import ValidationError
 
 from schemas import CaseUpdate
 
 from .metrics import PipelineMetrics
-from .records import DeadLetters, RawEvent, read_model
+from .records import DeadLetters, RawEvent
 from .tables import PartitionedTable
 
 __all__ = ["FanOut"]
@@ -47,10 +46,8 @@ class FanOut:
 
     async def process(self, event: RawEvent) -> None:
         """Handle one record of case-updates."""
-        try:
-            update = read_model(CaseUpdate, event.message.value)
-        except ValidationError as exc:
-            await self._dead_letters.invalid(event, stage=self.stage, exc=exc)
+        update = await self._dead_letters.read(CaseUpdate, event, stage=self.stage)
+        if update is None:
             self._metrics.case_updates.labels("invalid").inc()
             return
         bound = log.bind(event_id=update.event_id, case_id=update.case_id)

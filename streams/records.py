@@ -179,3 +179,11 @@ class DeadLetters:
     async def invalid(self, event: RawEvent, *, stage: str, exc: ValidationError) -> None:
         """Dead-letter a record that failed its schema, naming the fields."""
         await self.send(event, stage=stage, reason=summarise(exc), errors=field_errors(exc))
+
+    async def read(self, model: type[M], event: RawEvent, *, stage: str) -> M | None:
+        """``event``'s value as ``model``; None if it is not one, once dead-lettered naming the fields."""
+        try:
+            return read_model(model, event.message.value)
+        except ValidationError as exc:
+            await self.invalid(event, stage=stage, exc=exc)
+            return None

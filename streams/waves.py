@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from schemas import AlertBatch, MatchReason, PublicCase, Subscription, WaveCancellation, release_at, zone_for
 
-from .records import DeadLetters, RawEvent, read_model
+from .records import DeadLetters, RawEvent
 from .tables import PartitionedTable, on_partition
 
 __all__ = ["CancellationIntake", "CancelledWaves", "Clock", "HeldAlerts", "file_clock", "release_groups"]
@@ -198,10 +198,8 @@ class CancellationIntake:
     async def process(self, event: RawEvent) -> None:
         """Record one cancellation copy."""
         partition = event.message.partition
-        try:
-            cancellation = read_model(WaveCancellation, event.message.value)
-        except ValidationError as exc:
-            await self._dead_letters.invalid(event, stage=self.stage, exc=exc)
+        cancellation = await self._dead_letters.read(WaveCancellation, event, stage=self.stage)
+        if cancellation is None:
             return
         fresh = self._cancelled.record(cancellation, partition)
         log.info(
