@@ -26,6 +26,7 @@ from schemas import (
 from streams.alerting import alert_batches
 from streams.delivery import Delivery
 from streams.metrics import PipelineMetrics
+from streams.records import DeadLetters
 from streams.sent import SentAlerts
 from streams.topics import TopicNames, topic_specs
 from streams.waves import CancelledWaves, HeldAlerts, release_groups
@@ -198,12 +199,11 @@ def test_the_cancellations_topic_has_as_many_partitions_as_the_alerts() -> None:
 # -- the delivery stage, with an injected clock ---------------------------------------------
 
 
-class _DeadLetters:
-    async def send(self, *args: Any, **kwargs: Any) -> None:
-        raise AssertionError("nothing should be dead-lettered")
+class _RefusingTopic:
+    """The dead-letters topic of a stage that must dead-letter nothing."""
 
-    async def invalid(self, *args: Any, **kwargs: Any) -> None:
-        raise AssertionError("nothing should be invalid")
+    async def send(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"nothing should be dead-lettered: {kwargs.get('value')!r}")
 
 
 class _Message:
@@ -252,7 +252,7 @@ class _Stage:
 
     @staticmethod
     def _dead_letters() -> Any:
-        return _DeadLetters()
+        return DeadLetters(_RefusingTopic())  # type: ignore[arg-type]  # only send()
 
     def process(self, batch: AlertBatch, partition: int = 0) -> None:
         asyncio.run(self.delivery.process(_Event(partition, batch.model_dump_json().encode())))  # type: ignore[arg-type]
