@@ -241,26 +241,34 @@ def waves_cancel(wave_id: str, case_id: str, cancelled_by: str | None) -> None:
     One record goes to every partition of wave-cancellations, so that each worker learns
     it for the alerts it holds. Alerts already released stay sent.
     """
-    from schemas import WaveCancellation
-    from streams.admin import publish_everywhere
+    import asyncio
+
     from streams.topics import TopicNames
 
+    from .kafka_security import kafka_security
+    from .wave_cancellation import WaveCancelled, cancel_wave
+    from .web.publisher import KafkaPublisher
+
+    settings = _settings()
+
+    async def cancel() -> WaveCancelled:
+        publisher = KafkaPublisher(settings.bootstrap_servers, options=kafka_security().client_options())
+        try:
+            return await cancel_wave(
+                publisher,
+                TopicNames(prefix=settings.topic_prefix),
+                wave_id=wave_id,
+                case_id=case_id,
+                cancelled_by=cancelled_by or os.environ.get("USER") or "cli",
+                at=datetime.now(UTC),
+            )
+        finally:
+            await publisher.close()
+
     try:
-        cancellation = WaveCancellation(
-            wave_id=wave_id,
-            case_id=case_id,
-            cancelled_by=cancelled_by or os.environ.get("USER") or "cli",
-            at=datetime.now(UTC),
-        )
+        copies = asyncio.run(cancel()).partitions
     except ValidationError as exc:
         raise InvalidInput(_describe(exc)) from exc
-    settings = _settings()
-    copies = publish_everywhere(
-        settings.bootstrap_servers,
-        TopicNames(prefix=settings.topic_prefix).wave_cancellations,
-        wave_id,
-        cancellation.model_dump_json().encode("utf-8"),
-    )
     click.echo(f"{wave_id} cancelled ({copies} partitions)")
 
 

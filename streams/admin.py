@@ -14,7 +14,7 @@ from mobilise.kafka_security import kafka_security
 
 from .topics import TopicSpec
 
-__all__ = ["create_topics", "publish", "publish_everywhere"]
+__all__ = ["create_topics", "publish"]
 
 log = structlog.get_logger(__name__)
 
@@ -78,32 +78,6 @@ def _producer(bootstrap: list[str]) -> KafkaProducer:
         raise RetryableError(
             f"cannot reach Kafka at {','.join(bootstrap)}: {exc}; is the broker running?"
         ) from exc
-
-
-def publish_everywhere(bootstrap: list[str], topic: str, key: str, value: bytes) -> int:
-    """Send one copy of ``key``/``value`` to every partition of ``topic``; return how many.
-
-    For facts every worker must see for the partitions it owns (a wave cancellation).
-
-    Raises:
-        RetryableError: the broker could not be reached, does not know ``topic``, or did
-            not acknowledge in time.
-
-    """
-    producer = _producer(bootstrap)
-    try:
-        partitions = producer.partitions_for(topic)
-        if not partitions:
-            raise RetryableError(f"topic {topic} has no partitions; create it with `mobilise topics create`")
-        raw_key = key.encode("utf-8")
-        futures = [producer.send(topic, key=raw_key, value=value, partition=p) for p in sorted(partitions)]
-        for future in futures:
-            future.get(timeout=30)
-        return len(futures)
-    except KafkaError as exc:
-        raise RetryableError(f"publishing to {topic} failed: {exc}") from exc
-    finally:
-        producer.close()
 
 
 def publish(bootstrap: list[str], topic: str, records: Iterable[tuple[str, bytes | None]]) -> int:

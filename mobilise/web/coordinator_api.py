@@ -11,6 +11,10 @@ Routes (described by the OpenAPI document at ``GET /api/v1/openapi.json``, see
 * ``GET /api/v1/cases``, ``GET /api/v1/cases/{case_id}``: latest statuses, timelines,
   delivery counts and, per action call, sent, opened, acted and progress toward its goal
   (:mod:`mobilise.web.cases_view`);
+* ``POST /api/v1/waves/{wave_id}/cancel``: call off a wave not yet sent, as ``mobilise waves
+  cancel`` does (:func:`mobilise.wave_cancellation.cancel_wave`: one copy on every partition
+  of wave-cancellations, ``cancelled_by`` the token's name), answered 202 once Kafka
+  acknowledged every copy; cancelling again is harmless and answered 202 again;
 * admin tokens only: ``POST``/``GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{token_id}``.
 
 Authentication is ``Authorization: Bearer mob_…`` (:mod:`mobilise.web.tokens`). Every
@@ -41,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mobilise.errors import RetryableError
 from mobilise.kafka_security import kafka_security
 from mobilise.snapshot import StoredRecord
+from mobilise.wave_cancellation import cancel_wave
 from schemas import ApiToken, AuditRecord, CaseUpdate, TokenRole, audit_id_for
 from schemas._base import stable_id
 
@@ -65,6 +70,8 @@ __all__ = [
     "TokenInfo",
     "TokenList",
     "TokenRequest",
+    "WaveCancelAccepted",
+    "WaveCancelRequest",
     "add_routes",
     "coordinator",
     "field_problems",
@@ -115,6 +122,28 @@ class PublishAccepted(Answer):
     """The update's id: the same for every retry under one Idempotency-Key."""
     case_id: str
     """Its case."""
+
+
+class WaveCancelRequest(BaseModel):
+    """The body of ``POST /api/v1/waves/{wave_id}/cancel``."""
+
+    model_config = ConfigDict(
+        strict=True, frozen=True, extra="forbid", str_strip_whitespace=True, use_attribute_docstrings=True
+    )
+
+    case_id: str
+    """The case whose update carried the wave."""
+
+
+class WaveCancelAccepted(Answer):
+    """A wave cancellation recorded on every partition of wave-cancellations."""
+
+    wave_id: str
+    """The wave called off: its alerts still held are never sent; those already released stay sent."""
+    case_id: str
+    """The case whose update carried it."""
+    partitions: int
+    """How many partitions got a copy (every one, so that each worker learns it)."""
 
 
 class TokenRequest(BaseModel):
@@ -203,7 +232,12 @@ class PublicationLedger:
     def apply(self, audit: AuditRecord) -> None:
         """Record ``audit`` (written here, or read from the topic)."""
         self._audited.add(audit.audit_id)
-        if audit.idempotency_key is not None:
+        # Only publications carry an update (a wave.cancelled record has no request digest).
+        if (
+            audit.idempotency_key is not None
+            and audit.request_sha256 is not None
+            and audit.event_id is not None
+        ):
             # The first publication under a key is the one a later request must match.
             self._by_key.setdefault(
                 (audit.actor_token_id, audit.idempotency_key),
@@ -318,6 +352,7 @@ _PATTERN_HINTS = {
     "country": "use the two-letter ISO 3166-1 code, e.g. BD for Bangladesh or KH for Cambodia",
     "case_id": f"{_SLUG_HINT}, e.g. bd-2026-1",
     "event_id": f"{_SLUG_HINT}, or leave it out",
+    "wave_id": f"{_SLUG_HINT}: the wave's id, as `mobilise publish` printed it or the update named it",
     "action_call.target.url": "must be a web address starting with https:// (or http://)",
 }
 
@@ -689,6 +724,65 @@ async def _publish_route(request: web.Request) -> web.Response:
     )
 
 
+async def _cancel_wave_route(request: web.Request) -> web.Response:
+    actor = _authenticate(request)
+    if isinstance(actor, web.Response):
+        return actor
+    state = request.app[STATE]
+    wave_id = request.match_info["wave_id"]
+    try:
+        body = _object_or_problem(await _read_json(request))
+        wanted = WaveCancelRequest.model_validate_json(json.dumps(body))
+        at = datetime.fromtimestamp(state.clock(), UTC)
+        audit = AuditRecord(
+            audit_id=audit_id_for("wave.cancelled", wave_id, actor.token_id),
+            at=at,
+            actor_token_id=actor.token_id,
+            actor_name=actor.name,
+            action="wave.cancelled",
+            via="api",
+            wave_id=wave_id,
+            case_id=wanted.case_id,
+            remote_address=request.remote,
+        )
+        # The audit record first: a cancellation never lands without its record (a record
+        # without a cancellation means "tried, not confirmed", as for publications).
+        await state.publisher.publish(
+            [(state.topics.audit, audit.case_id, audit.model_dump_json().encode("utf-8"))]
+        )
+        done = await cancel_wave(
+            state.publisher,
+            state.topics,
+            wave_id=wave_id,
+            case_id=wanted.case_id,
+            cancelled_by=actor.name,
+            at=at,
+        )
+    except _Answered as answered:
+        return answered.response
+    except ValidationError as exc:
+        problems = field_problems(exc)
+        log.info("api.wave_cancel_invalid", token_id=actor.token_id, fields=[p.loc for p in problems])
+        return _error(422, "validation_failed", "the cancellation is not valid; see fields", fields=problems)
+    except RetryableError as exc:
+        log.error("api.wave_not_cancelled", token_id=actor.token_id, wave_id=wave_id, error=str(exc))
+        return _unavailable(
+            "Kafka did not acknowledge the cancellation; nothing is confirmed, retry "
+            "(cancelling twice is harmless)"
+        )
+    log.info(
+        "api.wave_cancelled",
+        wave_id=wave_id,
+        case_id=wanted.case_id,
+        token_id=actor.token_id,
+        partitions=done.partitions,
+        audit_id=audit.audit_id,
+    )
+    return _json(
+        WaveCancelAccepted(wave_id=wave_id, case_id=wanted.case_id, partitions=done.partitions), status=202
+    )
+
+
 def _cases_reader(request: web.Request) -> CasesView | web.Response:
     """The cases, for an authenticated request once they are read; or the answer to send instead."""
     actor = _authenticate(request)
@@ -797,6 +891,7 @@ def _routes() -> Iterator[tuple[str, str, _Handler]]:
     yield "POST", "/api/v1/case-updates", _publish_route
     yield "GET", "/api/v1/cases", _list_cases
     yield "GET", "/api/v1/cases/{case_id}", _show_case
+    yield "POST", "/api/v1/waves/{wave_id}/cancel", _cancel_wave_route
     yield "POST", "/api/v1/tokens", _create_token
     yield "GET", "/api/v1/tokens", _list_tokens
     yield "DELETE", "/api/v1/tokens/{token_id}", _revoke_token

@@ -10,8 +10,9 @@ points:
   says it in English, French or Spanish, to be shown next to the field.
   :func:`to_subscription` makes the Subscription of values that passed.
 * The choices offered (regions with their countries, interests, case statuses,
-  frequencies, languages) come from the schemas' vocabularies, labelled in each language
-  (country names are the schemas' English short names).
+  frequencies, languages, time zones) come from the schemas' vocabularies, labelled in
+  each language (country names are the schemas' English short names, time zones the IANA
+  names, from :func:`zoneinfo.available_timezones`).
 * :class:`CsrfGuard` makes and checks CSRF tokens (double submit: a random per-browser
   cookie, and in each form an HMAC of it under the secret key with an expiry);
   :func:`csrf_token`, :func:`set_csrf_cookie` and :func:`csrf_valid` use it on requests;
@@ -28,9 +29,11 @@ import hmac
 import re
 import secrets
 import unicodedata
+import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any, Literal, get_args
 
 import structlog
@@ -48,6 +51,7 @@ from schemas import (
     region_of,
 )
 from schemas.subscription import Frequency
+from schemas.wave import check_time_zone, country_zone
 
 from .pages import PAGE_LANGUAGES, page_response, render_template
 from .state import STATE
@@ -64,6 +68,7 @@ __all__ = [
     "FieldName",
     "FormValues",
     "RegionChoice",
+    "ZoneGroup",
     "check",
     "csrf_token",
     "csrf_valid",
@@ -71,6 +76,7 @@ __all__ = [
     "forged_refusal",
     "form_texts",
     "frequency_choices",
+    "home_zone",
     "install_csrf",
     "interest_choices",
     "interest_label",
@@ -83,6 +89,8 @@ __all__ = [
     "set_csrf_cookie",
     "status_choices",
     "status_label",
+    "time_zone_choices",
+    "time_zone_names",
     "to_subscription",
     "values_of",
     "with_csrf",
@@ -99,7 +107,16 @@ _MAX_BRAND = 200
 _MAX_FIELD_CHARS = 10_000
 
 FieldName = Literal[
-    "email", "name", "language", "home_country", "places", "interests", "brands", "statuses", "frequency"
+    "email",
+    "name",
+    "language",
+    "home_country",
+    "time_zone",
+    "places",
+    "interests",
+    "brands",
+    "statuses",
+    "frequency",
 ]
 """A field of the form, as errors name it (the id of the element the message sits next to)."""
 
@@ -109,6 +126,7 @@ ErrorCode = Literal[
     "name_too_long",
     "language_unknown",
     "home_country_unknown",
+    "time_zone_unknown",
     "places_missing",
     "places_unknown",
     "topics_missing",
@@ -132,6 +150,8 @@ class FormValues:
     language: str = "en"
     home_country: str = ""
     """Where the person lives (a country code), or empty: they did not say."""
+    time_zone: str = ""
+    """The person's IANA time zone, or empty: their home country's (else UTC)."""
     worldwide: bool = False
     regions: tuple[str, ...] = ()
     countries: tuple[str, ...] = ()
@@ -177,6 +197,7 @@ def read_form(data: Mapping[str, Any], *, default_language: str = "en") -> FormV
         name=_text(data, "name"),
         language=_text(data, "language", default_language),
         home_country=_text(data, "home_country"),
+        time_zone=_text(data, "time_zone"),
         worldwide=_text(data, "worldwide") == "yes",
         regions=_texts(data, "regions"),
         countries=_texts(data, "countries"),
@@ -194,6 +215,7 @@ def values_of(subscription: Subscription) -> FormValues:
         name=subscription.name or "",
         language=subscription.language,
         home_country=subscription.home_country or "",
+        time_zone=subscription.time_zone or "",
         worldwide=subscription.worldwide,
         regions=tuple(r.value for r in subscription.regions),
         countries=tuple(subscription.countries),
@@ -228,6 +250,8 @@ def check(values: FormValues, *, with_email: bool) -> dict[FieldName, ErrorCode]
         errors["language"] = "language_unknown"
     if values.home_country and values.home_country.upper() not in known_countries():
         errors["home_country"] = "home_country_unknown"
+    if values.time_zone and values.time_zone not in time_zone_names():
+        errors["time_zone"] = "time_zone_unknown"
     regions = {r.value for r in Region}
     if any(r not in regions for r in values.regions) or any(
         c.upper() not in known_countries() for c in values.countries
@@ -282,6 +306,7 @@ def to_subscription(
             "name": values.name or None,
             "language": values.language,
             "home_country": values.home_country.upper() or None,
+            "time_zone": values.time_zone or None,
             "worldwide": values.worldwide,
             "regions": tuple(dict.fromkeys(Region(r) for r in values.regions)),
             "countries": tuple(dict.fromkeys(c.upper() for c in values.countries)),
@@ -310,6 +335,7 @@ _ERRORS: dict[str, dict[ErrorCode, str]] = {
         "name_too_long": f"Your name must be {_MAX_NAME} characters or fewer.",
         "language_unknown": "Choose one of the languages offered.",
         "home_country_unknown": "Choose the country you live in from the list, or “I would rather not say”.",
+        "time_zone_unknown": "Choose your time zone from the list, or “From my home country”.",
         "places_missing": "Choose at least one region or country, or “Everywhere in the world”.",
         "places_unknown": "Choose regions and countries from the list.",
         "topics_missing": "Choose at least one issue, or name at least one brand below.",
@@ -326,6 +352,7 @@ _ERRORS: dict[str, dict[ErrorCode, str]] = {
         "name_too_long": f"Votre nom doit faire au plus {_MAX_NAME} caractères.",
         "language_unknown": "Choisissez l'une des langues proposées.",
         "home_country_unknown": "Choisissez votre pays dans la liste, ou « Je préfère ne pas le dire ».",
+        "time_zone_unknown": "Choisissez votre fuseau horaire dans la liste, ou « Celui de mon pays ».",
         "places_missing": "Choisissez au moins une région ou un pays, ou « Partout dans le monde ».",
         "places_unknown": "Choisissez les régions et les pays dans la liste.",
         "topics_missing": "Choisissez au moins un sujet, ou indiquez au moins une marque ci-dessous.",
@@ -342,6 +369,7 @@ _ERRORS: dict[str, dict[ErrorCode, str]] = {
         "name_too_long": f"Tu nombre debe tener como máximo {_MAX_NAME} caracteres.",
         "language_unknown": "Elige uno de los idiomas propuestos.",
         "home_country_unknown": "Elige de la lista el país donde vives, o «Prefiero no decirlo».",
+        "time_zone_unknown": "Elige tu zona horaria de la lista, o «La de mi país».",
         "places_missing": "Elige al menos una región o un país, o «En todo el mundo».",
         "places_unknown": "Elige las regiones y los países de la lista.",
         "topics_missing": "Elige al menos un tema, o escribe al menos una marca más abajo.",
@@ -385,6 +413,16 @@ _FORM: dict[str, dict[str, str]] = {
             "you hear about."
         ),
         "home_country_none": "I would rather not say",
+        "time_zone": "Your time zone (optional)",
+        "time_zone_hint": (
+            "Some actions are timed to reach everyone at the same local hour, such as 9:00 in each "
+            "person's morning, and digests come in your morning: this is the clock we use. With “From my "
+            "home country”, we use the time zone of the country you live in when it has only one, "
+            "otherwise UTC."
+        ),
+        "time_zone_default": "From my home country",
+        "time_zone_default_known": "From my home country ({zone})",
+        "time_zone_other": "Other",
         "places": "Where?",
         "places_hint": "Cases in the places you choose. Open a region to choose single countries.",
         "worldwide": "Everywhere in the world",
@@ -397,6 +435,10 @@ _FORM: dict[str, dict[str, str]] = {
         "statuses": "Which case updates?",
         "statuses_hint": "A case is updated as it goes on; choose the steps you want to hear about.",
         "frequency": "How often?",
+        "frequency_hint": (
+            "A digest gathers every matching case update since the one before. An urgent action may "
+            "still be sent at once."
+        ),
         "subscribe": "Subscribe",
         "save": "Save my choices",
         "privacy": (
@@ -435,6 +477,16 @@ _FORM: dict[str, dict[str, str]] = {
             "jamais à choisir les cas dont vous êtes informé·e."
         ),
         "home_country_none": "Je préfère ne pas le dire",
+        "time_zone": "Votre fuseau horaire (facultatif)",
+        "time_zone_hint": (
+            "Certaines actions sont prévues pour arriver partout à la même heure locale, par exemple à 9 h "
+            "le matin de chacun·e, et les récapitulatifs arrivent le matin : c'est l'horloge que nous "
+            "utilisons. Avec « Celui de mon pays », nous prenons le fuseau du pays où vous habitez s'il "
+            "n'en a qu'un, sinon UTC."
+        ),
+        "time_zone_default": "Celui de mon pays",
+        "time_zone_default_known": "Celui de mon pays ({zone})",
+        "time_zone_other": "Autres",
         "places": "Où ?",
         "places_hint": "Les cas dans les lieux choisis. Ouvrez une région pour choisir des pays.",
         "worldwide": "Partout dans le monde",
@@ -450,6 +502,10 @@ _FORM: dict[str, dict[str, str]] = {
         "statuses_hint": "Un cas est mis à jour au fil du temps : choisissez les étapes qui vous "
         "intéressent.",
         "frequency": "À quelle fréquence ?",
+        "frequency_hint": (
+            "Un récapitulatif rassemble toutes les mises à jour de cas correspondantes depuis le "
+            "précédent. Une action urgente peut tout de même être envoyée aussitôt."
+        ),
         "subscribe": "M'abonner",
         "save": "Enregistrer mes choix",
         "privacy": (
@@ -488,6 +544,16 @@ _FORM: dict[str, dict[str, str]] = {
             "casos te informamos."
         ),
         "home_country_none": "Prefiero no decirlo",
+        "time_zone": "Tu zona horaria (opcional)",
+        "time_zone_hint": (
+            "Algunas acciones se programan para llegar a todo el mundo a la misma hora local, como las "
+            "9:00 de la mañana de cada persona, y los resúmenes llegan por la mañana: este es el reloj que "
+            "usamos. Con «La de mi país», usamos la zona horaria del país donde vives si tiene solo una; "
+            "si no, UTC."
+        ),
+        "time_zone_default": "La de mi país",
+        "time_zone_default_known": "La de mi país ({zone})",
+        "time_zone_other": "Otras",
         "places": "¿Dónde?",
         "places_hint": "Los casos en los lugares que elijas. Abre una región para elegir países.",
         "worldwide": "En todo el mundo",
@@ -501,6 +567,10 @@ _FORM: dict[str, dict[str, str]] = {
         "statuses": "¿Qué novedades de los casos?",
         "statuses_hint": "Un caso se actualiza con el tiempo: elige las etapas que te interesan.",
         "frequency": "¿Con qué frecuencia?",
+        "frequency_hint": (
+            "Un resumen reúne todas las novedades de casos que coinciden desde el anterior. Una acción "
+            "urgente puede enviarse igualmente en el momento."
+        ),
         "subscribe": "Suscribirme",
         "save": "Guardar mis preferencias",
         "privacy": (
@@ -648,10 +718,29 @@ _STATUSES: dict[str, dict[str, str]] = {
 }
 
 _FREQUENCIES: dict[str, dict[str, str]] = {
-    "en": {"immediate": "As soon as a case matches"},
-    "fr": {"immediate": "Dès qu'un cas correspond"},
-    "es": {"immediate": "En cuanto un caso coincida"},
+    "en": {
+        "immediate": "As soon as a case matches",
+        "daily": "One email a day (a digest, in your morning)",
+        "weekly": "One email a week (a digest, on {day} morning)",
+    },
+    "fr": {
+        "immediate": "Dès qu'un cas correspond",
+        "daily": "Un e-mail par jour (un récapitulatif, le matin)",
+        "weekly": "Un e-mail par semaine (un récapitulatif, le {day} matin)",
+    },
+    "es": {
+        "immediate": "En cuanto un caso coincida",
+        "daily": "Un correo al día (un resumen, por la mañana)",
+        "weekly": "Un correo a la semana (un resumen, el {day} por la mañana)",
+    },
 }
+
+_WEEKDAYS: dict[str, tuple[str, ...]] = {
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "fr": ("lundi", "mardi", "mercredi", "jeudi", "vendredi", "samedi", "dimanche"),
+    "es": ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"),
+}
+_WEEKDAY_KEYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 _LANGUAGE_NAMES = {"en": "English", "fr": "Français", "es": "Español"}
 
@@ -727,10 +816,70 @@ def status_choices(language: str) -> list[tuple[str, str]]:
     return [(s.value, status_label(s.value, language)) for s in CaseStatus]
 
 
-def frequency_choices(language: str) -> list[tuple[str, str]]:
-    """``(value, label)`` of every frequency the Subscription model allows."""
-    labels = _FREQUENCIES[_language(language)]
-    return [(f, labels.get(f, f)) for f in get_args(Frequency)]
+_NOT_PLACES = frozenset({"localtime", "Factory"})
+"""Names tzdata has that are no one's zone: this machine's own setting, and a placeholder."""
+
+
+@cache
+def time_zone_names() -> frozenset[str]:
+    """The IANA time zones the form offers: every one this system knows that is a place."""
+    names = set()
+    for name in zoneinfo.available_timezones() - _NOT_PLACES:
+        try:
+            names.add(check_time_zone(name))
+        except ValueError:
+            continue  # listed but unreadable: the schema would refuse it too
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class ZoneGroup:
+    """The time zones of one IANA area (``Africa``, ``America``…), or of none ("Other")."""
+
+    label: str
+    """The area (an English IANA name), or "Other" in the page's language."""
+    lang: str | None
+    """The language of the label and the zones' names: ``en`` for an area; None for "Other",
+    whose label is in the page's language (each zone then says it is English)."""
+    zones: tuple[tuple[str, str], ...]
+    """``(name, label)`` of each zone, sorted: the label is the name after the area, with spaces."""
+
+
+def time_zone_choices(language: str) -> list[ZoneGroup]:
+    """Every offered time zone, grouped by IANA area in alphabetical order, "Other" last."""
+    areas: dict[str, list[tuple[str, str]]] = {}
+    others: list[tuple[str, str]] = []
+    for name in sorted(time_zone_names()):
+        area, _, rest = name.partition("/")
+        if rest:
+            areas.setdefault(area, []).append((name, rest.replace("_", " ")))
+        else:
+            others.append((name, name.replace("_", " ")))
+    groups = [ZoneGroup(label=area, lang="en", zones=tuple(zones)) for area, zones in sorted(areas.items())]
+    if others:
+        other = form_texts(language)["time_zone_other"]
+        groups.append(ZoneGroup(label=other, lang=None, zones=tuple(others)))
+    return groups
+
+
+def home_zone(home_country: str) -> str | None:
+    """The time zone used for someone living in ``home_country`` who gave none (None: UTC)."""
+    return country_zone(home_country) if home_country.upper() in known_countries() else None
+
+
+def frequency_choices(language: str, digest_weekday: str = "monday") -> list[tuple[str, str]]:
+    """``(value, label)`` of every frequency the Subscription model allows.
+
+    Args:
+        language: The page's language.
+        digest_weekday: The day weekly digests go out (``MOBILISE_DIGEST_WEEKDAY``), named
+            by the weekly digest's label.
+
+    """
+    language = _language(language)
+    labels = _FREQUENCIES[language]
+    day = dict(zip(_WEEKDAY_KEYS, _WEEKDAYS[language], strict=True)).get(digest_weekday, digest_weekday)
+    return [(f, labels.get(f, f).format(day=day)) for f in get_args(Frequency)]
 
 
 def language_choices() -> list[tuple[str, str]]:
@@ -904,6 +1053,7 @@ def render_form(
     saved: bool = False,
     suppressed: bool = False,
     links: Sequence[tuple[str, str]] = (),
+    digest_weekday: str = "monday",
 ) -> str:
     """The HTML of the subscribe page (``with_email``) or of the preferences page.
 
@@ -918,6 +1068,7 @@ def render_form(
         saved: Say that the choices were just saved.
         suppressed: Say that the person is unsubscribed at the moment.
         links: ``(href, label)`` of links under the form.
+        digest_weekday: The day weekly digests go out (``MOBILISE_DIGEST_WEEKDAY``).
 
     """
     texts = form_texts(language)
@@ -941,6 +1092,8 @@ def render_form(
         regions=region_choices(language),
         interests=interest_choices(language),
         statuses=status_choices(language),
-        frequencies=frequency_choices(language),
+        frequencies=frequency_choices(language, digest_weekday),
         languages=language_choices(),
+        time_zones=time_zone_choices(language),
+        home_zone=home_zone(values.home_country),
     )

@@ -28,6 +28,7 @@ from .forms import (
     CSRF_FIELD,
     form_texts,
     frequency_choices,
+    home_zone,
     interest_label,
     language_choices,
     language_switch,
@@ -61,6 +62,9 @@ _TEXTS: dict[str, dict[str, str]] = {
         "name": "Name",
         "language": "Language of the alerts",
         "home_country": "Where you live",
+        "time_zone": "Time zone",
+        "time_zone_home": "Not given: we use {zone}, the time zone of where you live",
+        "time_zone_utc": "Not given: we use UTC",
         "places": "Places you follow",
         "interests": "Issues you follow",
         "brands": "Brands you follow",
@@ -101,6 +105,9 @@ _TEXTS: dict[str, dict[str, str]] = {
         "name": "Nom",
         "language": "Langue des alertes",
         "home_country": "Où vous habitez",
+        "time_zone": "Fuseau horaire",
+        "time_zone_home": "Non indiqué : nous utilisons {zone}, le fuseau du pays où vous habitez",
+        "time_zone_utc": "Non indiqué : nous utilisons UTC",
         "places": "Lieux suivis",
         "interests": "Sujets suivis",
         "brands": "Marques suivies",
@@ -142,6 +149,9 @@ _TEXTS: dict[str, dict[str, str]] = {
         "name": "Nombre",
         "language": "Idioma de las alertas",
         "home_country": "Dónde vives",
+        "time_zone": "Zona horaria",
+        "time_zone_home": "No indicada: usamos {zone}, la zona horaria del país donde vives",
+        "time_zone_utc": "No indicada: usamos UTC",
         "places": "Lugares que sigues",
         "interests": "Temas que sigues",
         "brands": "Marcas que sigues",
@@ -208,7 +218,9 @@ def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M %Z")
 
 
-def _rows(current: SubscriberState, subscriber: str, language: str) -> list[tuple[str, str]]:
+def _rows(
+    current: SubscriberState, subscriber: str, language: str, digest_weekday: str
+) -> list[tuple[str, str]]:
     """``(label, value)`` of everything stored, in the person's words."""
     words = _TEXTS[language]
     rows = [(words["subscriber_id"], subscriber)]
@@ -228,8 +240,13 @@ def _rows(current: SubscriberState, subscriber: str, language: str) -> list[tupl
     places = [words["worldwide"]] if subscription.worldwide else []
     places += [region_label(r.value, language) for r in subscription.regions]
     places += [country_name(c) for c in subscription.countries]
-    frequencies = dict(frequency_choices(language))
+    frequencies = dict(frequency_choices(language, digest_weekday))
     languages = dict(language_choices())
+    zone = home_zone(subscription.home_country or "")
+    if subscription.time_zone:
+        time_zone = subscription.time_zone
+    else:
+        time_zone = words["time_zone_home"].format(zone=zone) if zone else words["time_zone_utc"]
 
     def listed(items: list[str]) -> str:
         return ", ".join(items) if items else words["none"]
@@ -242,6 +259,7 @@ def _rows(current: SubscriberState, subscriber: str, language: str) -> list[tupl
             words["home_country"],
             country_name(subscription.home_country) if subscription.home_country else words["none"],
         ),
+        (words["time_zone"], time_zone),
         (words["places"], listed(places)),
         (words["interests"], listed([interest_label(i, language) for i in subscription.interests])),
         (words["brands"], listed(list(subscription.brands))),
@@ -273,7 +291,7 @@ def _page(
             t={**form_texts(language), **words},
             errors={_ERASE_FIELD: words["erase_missing"]} if missing else {},
             switch=language_switch(language),
-            rows=_rows(current, subscriber, language),
+            rows=_rows(current, subscriber, language, request.app[STATE].settings.digest_weekday),
             no_subscription=current.subscription is None,
             csrf_field=CSRF_FIELD,
             csrf_token=token,

@@ -21,7 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from schemas import CaseUpdate, known_countries, known_interests
+from schemas import CaseUpdate, WaveCancellation, known_countries, known_interests
 from schemas.api_token import TOKEN_ID_PATTERN
 
 from .cases_view import CaseDetail, CaseList
@@ -34,6 +34,8 @@ from .coordinator_api import (
     TokenInfo,
     TokenList,
     TokenRequest,
+    WaveCancelAccepted,
+    WaveCancelRequest,
 )
 
 __all__ = ["OPENAPI_PATH", "add_routes", "openapi_document"]
@@ -43,6 +45,7 @@ OPENAPI_PATH = "/api/v1/openapi.json"
 
 _REF = "#/components/schemas/{model}"
 _SLUG = CaseUpdate.model_fields["case_id"].metadata[0].pattern
+_WAVE_ID = WaveCancellation.model_fields["wave_id"].metadata[0].pattern
 
 
 def _schema(model: type[BaseModel], mode: JsonSchemaMode, components: dict[str, Any]) -> dict[str, Any]:
@@ -96,14 +99,14 @@ _ERRORS: dict[str, dict[str, Any]] = {
         **{"WWW-Authenticate": {"description": '`Bearer realm="mobilise"`', "schema": {"type": "string"}}},
     ),
     "Forbidden": _error_response("The token's role may not do this (`forbidden`)."),
-    "NotFound": _error_response("No such case or token (`not_found`)."),
+    "NotFound": _error_response("No such case, token or route (`not_found`)."),
     "PayloadTooLarge": _error_response(
         f"The body is larger than {MAX_API_BODY_BYTES} bytes (`body_too_large`)."
     ),
     "UnsupportedMediaType": _error_response("The body is not `application/json` (`unsupported_media_type`)."),
     "UnprocessableEntity": _error_response(
-        "The body (or the Idempotency-Key header) is not valid; `fields` names each field at fault "
-        "(`validation_failed`)."
+        "The body (or the Idempotency-Key header, or a path parameter) is not valid; `fields` names "
+        "each field at fault (`validation_failed`)."
     ),
     "ServiceUnavailable": _error_response(
         "Kafka did not acknowledge the write (`kafka_unavailable`: nothing is confirmed, retry), or the "
@@ -165,9 +168,22 @@ def openapi_document() -> dict[str, Any]:
     case_update = _case_update_request(components)
     refs = {
         model.__name__: _schema(model, "serialization", components)
-        for model in (ApiError, PublishAccepted, CaseList, CaseDetail, NewToken, TokenInfo, TokenList)
+        for model in (
+            ApiError,
+            PublishAccepted,
+            CaseList,
+            CaseDetail,
+            WaveCancelAccepted,
+            NewToken,
+            TokenInfo,
+            TokenList,
+        )
     }
     token_request = _schema(TokenRequest, "validation", components)
+    wave_cancel = _schema(WaveCancelRequest, "validation", components)
+    # The pattern is checked by WaveCancellation; said here so that clients (and the
+    # conformance test) know it.
+    components["WaveCancelRequest"]["properties"]["case_id"]["pattern"] = _SLUG
     idempotency = {
         "name": IDEMPOTENCY_HEADER,
         "in": "header",
@@ -229,6 +245,33 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        "/api/v1/waves/{wave_id}/cancel": {
+            "post": {
+                "operationId": "cancelWave",
+                "summary": "Call off a wave that has not gone out",
+                "description": (
+                    "Publishes a wave cancellation on every partition of `wave-cancellations` "
+                    "(`cancelled_by` is the token's name), as `mobilise waves cancel` does, and answers "
+                    "once Kafka acknowledged every copy. The alerts of the wave still held are dropped, "
+                    "each with a `cancelled` delivery event; those already released stay sent. "
+                    "Cancelling the same wave again is harmless and answered 202 again; an id no wave "
+                    "has cancels nothing."
+                ),
+                "parameters": [
+                    _path_parameter(
+                        "wave_id",
+                        "The wave: its `wave_id` in the action call, or the id `mobilise publish` printed.",
+                        _WAVE_ID,
+                    )
+                ],
+                "requestBody": {"required": True, "content": _json_content(wave_cancel)},
+                "responses": {
+                    "202": _ok("Cancelled (or cancelled again).", refs["WaveCancelAccepted"]),
+                    # 404: a wave id that cannot be a path segment (empty, or with a slash).
+                    **_errors(*_WRITE_ERRORS, "NotFound", "ServiceUnavailable"),
+                },
+            }
+        },
         "/api/v1/tokens": {
             "post": {
                 "operationId": "createToken",
@@ -277,8 +320,9 @@ def openapi_document() -> dict[str, Any]:
             "title": "mobilise coordinators' API",
             "version": "1",
             "description": (
-                "Publish case updates, follow each case's status and the fate of its alerts, and manage "
-                "API tokens. Authenticate with `Authorization: Bearer mob_…`. Every error is JSON: "
+                "Publish case updates, follow each case's status and the fate of its alerts, call off "
+                "waves, and manage API tokens. Authenticate with `Authorization: Bearer mob_…`. Every "
+                "error is JSON: "
                 '`{"error", "detail", "fields": [{"loc", "msg"}]}`.'
             ),
         },

@@ -89,6 +89,7 @@ def _page(
             saved=saved,
             suppressed=current.suppressed,
             links=links,
+            digest_weekday=request.app[STATE].settings.digest_weekday,
         )
         return html_response(html, language, status=status)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from mobilise.errors import RetryableError
 
@@ -101,12 +101,41 @@ class KafkaPublisher:
                 time; some records may have been written (their ids make a retry harmless).
 
         """
-        if not records:
-            return
+        if records:
+            await self._send([(topic, key, value, None) for topic, key, value in records])
+
+    async def publish_everywhere(self, topic: str, key: str, value: bytes) -> int:
+        """Send one copy of ``key``/``value`` to every partition of ``topic``; return how many.
+
+        For facts every worker must see for the partitions it owns (a wave cancellation):
+        the key alone would put them all on one partition. Returns once Kafka acknowledged
+        every copy.
+
+        Raises:
+            RetryableError: Kafka is unreachable, does not know ``topic``, refused a copy or
+                did not answer in time; some copies may have been written.
+
+        """
+        producer = await self._ensure()
+        try:
+            partitions = await asyncio.wait_for(producer.partitions_for(topic), timeout=self._timeout)
+        except UnknownTopicOrPartitionError as exc:
+            raise RetryableError(
+                f"Kafka does not know the topic {topic}; create it with `mobilise topics create`"
+            ) from exc
+        except (KafkaError, TimeoutError) as exc:
+            await self._drop()
+            raise RetryableError(f"Kafka did not say which partitions {topic} has: {exc!r}") from exc
+        await self._send([(topic, key, value, partition) for partition in sorted(partitions)])
+        return len(partitions)
+
+    async def _send(self, records: Sequence[tuple[str, str, bytes | None, int | None]]) -> None:
+        """Send ``(topic, key, value, partition)`` records (partition None: by key) and await every ack."""
         producer = await self._ensure()
         try:
             futures = [
-                await producer.send(topic, key=key.encode(), value=value) for topic, key, value in records
+                await producer.send(topic, key=key.encode(), value=value, partition=partition)
+                for topic, key, value, partition in records
             ]
             await asyncio.wait_for(asyncio.gather(*futures), timeout=self._timeout)
         except (KafkaError, TimeoutError) as exc:

@@ -90,7 +90,14 @@ def _form_response(
     assert parts.csrf is not None
 
     def page(token: str) -> web.Response:
-        html = render_form(language=language, with_email=True, values=values, errors=errors or {}, csrf=token)
+        html = render_form(
+            language=language,
+            with_email=True,
+            values=values,
+            errors=errors or {},
+            csrf=token,
+            digest_weekday=request.app[STATE].settings.digest_weekday,
+        )
         return html_response(html, language, status=status)
 
     return with_csrf(request, parts.csrf, page)

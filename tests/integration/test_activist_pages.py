@@ -591,6 +591,97 @@ def test_my_data_says_why_a_person_gets_nothing(pipeline: PipelineHarness) -> No
     run(scenario)
 
 
+# -- time zone and digests -------------------------------------------------------------------
+
+
+def test_the_time_zone_and_a_digest_are_chosen_on_subscribing_changed_and_shown(
+    pipeline: PipelineHarness,
+) -> None:
+    async def scenario() -> None:
+        async with site(pipeline) as web:
+            form = await (await web.client.get("/subscribe?lang=fr")).text()
+            assert '<label class="block" for="time_zone">Votre fuseau horaire (facultatif)</label>' in form
+            assert '<option value="" selected>Celui de mon pays</option>' in form
+            assert "Un e-mail par jour (un récapitulatif, le matin)" in form
+
+            wrong = await web.post(
+                "/subscribe", choices("zone@example.org", language="es", time_zone="Mars/Olympus_Mons")
+            )
+            wrong_html = await wrong.text()
+            assert wrong.status == 400 and '<html lang="es">' in wrong_html
+            assert "Elige tu zona horaria de la lista, o «La de mi país»." in near(
+                wrong_html, "time_zone-error", 0
+            )
+            assert await web.records() == []
+
+            chosen = choices("zone@example.org", time_zone="America/New_York", frequency="daily")
+            assert (await web.post("/subscribe", chosen)).status == 200
+            ((sid, pending),) = await web.records()
+            assert isinstance(pending, Subscription)
+            assert (pending.time_zone, pending.frequency) == ("America/New_York", "daily")
+
+            path = f"/preferences/{token('preferences', sid, web.clock)}"
+            html = await (await web.client.get(path)).text()
+            assert '<option value="America/New_York" selected>New York</option>' in html
+            assert 'name="frequency" value="daily" checked' in html
+            web.clock.now += 30
+            # Back to the home country's zone (the Netherlands has one), and a weekly digest.
+            saved = await web.post(path, choices(None, home_country="NL", time_zone="", frequency="weekly"))
+            saved_html = await saved.text()
+            assert saved.status == 200 and "Your choices are saved." in saved_html
+            assert '<option value="" selected>From my home country (Europe/Amsterdam)</option>' in saved_html
+            assert 'name="frequency" value="weekly" checked' in saved_html
+            latest = [s for k, s in await web.records() if k == sid][-1]
+            assert isinstance(latest, Subscription)
+            assert (latest.time_zone, latest.home_country, latest.frequency) == (None, "NL", "weekly")
+
+            mine = await (await web.client.get(f"/my-data/{token('preferences', sid, web.clock)}")).text()
+            assert "<dt>Time zone</dt>" in mine
+            assert "Not given: we use Europe/Amsterdam, the time zone of where you live" in mine
+            assert "One email a week (a digest, on Monday morning)" in mine
+
+    run(scenario)
+
+
+def test_the_weekly_digest_names_the_deployments_day(pipeline: PipelineHarness) -> None:
+    person = subscription("friday@example.org", countries=["KH"], interests=["wages"], frequency="weekly")
+    pipeline.subscribe(person)
+
+    async def scenario() -> None:
+        async with site(pipeline, digest_weekday="friday") as web:
+            form = await (await web.client.get("/subscribe?lang=es")).text()
+            assert "Un correo a la semana (un resumen, el viernes por la mañana)" in form
+            preferences = f"/preferences/{token('preferences', person.subscriber_id, web.clock)}"
+            html = await (await web.client.get(preferences)).text()
+            assert 'value="weekly" checked> One email a week (a digest, on Friday morning)' in html
+            mine = await (
+                await web.client.get(f"/my-data/{token('preferences', person.subscriber_id, web.clock)}")
+            ).text()
+            assert "One email a week (a digest, on Friday morning)" in mine
+
+    run(scenario)
+
+
+def test_my_data_shows_the_time_zone_given_in_the_page_language(pipeline: PipelineHarness) -> None:
+    person = subscription(
+        "tz@example.org",
+        countries=["KH"],
+        interests=["wages"],
+        time_zone="Asia/Phnom_Penh",
+        frequency="daily",
+    )
+    pipeline.subscribe(person)
+
+    async def scenario() -> None:
+        async with site(pipeline) as web:
+            path = f"/my-data/{token('preferences', person.subscriber_id, web.clock)}?lang=fr"
+            html = await (await web.client.get(path)).text()
+            assert "<dt>Fuseau horaire</dt>\n<dd>Asia/Phnom_Penh</dd>" in html
+            assert "Un e-mail par jour (un récapitulatif, le matin)" in html
+
+    run(scenario)
+
+
 # -- when the web process cannot serve ------------------------------------------------------
 
 

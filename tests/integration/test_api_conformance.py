@@ -103,6 +103,13 @@ def test_the_api_answers_as_its_openapi_document_says(served: Served) -> None:
     call(operations["POST /api/v1/case-updates"].Case(body=VALID_UPDATE, media_type="application/json"))
     call(operations["GET /api/v1/cases/{case_id}"].Case(path_parameters={"case_id": "bd-2026-1"}))
     call(operations["POST /api/v1/tokens"].Case(body={"name": "someone", "role": "coordinator"}))
+    call(
+        operations["POST /api/v1/waves/{wave_id}/cancel"].Case(
+            path_parameters={"wave_id": "day-of-action"},
+            body={"case_id": "bd-2026-1"},
+            media_type="application/json",
+        )
+    )
 
     for operation in operations.values():
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -125,3 +132,4 @@ def test_the_api_answers_as_its_openapi_document_says(served: Served) -> None:
     assert {200, 404} <= statuses["GET /api/v1/cases/{case_id}"]
     assert 200 in statuses["GET /api/v1/cases"] and 201 in statuses["POST /api/v1/tokens"]
     assert 404 in statuses["DELETE /api/v1/tokens/{token_id}"]
+    assert {202, 422} <= statuses["POST /api/v1/waves/{wave_id}/cancel"]

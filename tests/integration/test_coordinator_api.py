@@ -1,5 +1,6 @@
 """The coordinators' JSON API over real HTTP, against the real broker: publishing with its audit
-record, idempotency, validation, tokens (made by the CLI and by the API, revoked), cases and counts."""
+record, idempotency, validation, tokens (made by the CLI and by the API, revoked), cases and counts,
+calling off a wave."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,13 +25,14 @@ from mobilise.settings import Settings, load_settings
 from mobilise.web import BackgroundWebServer, create_app
 from mobilise.web.publisher import KafkaPublisher
 from mobilise.web.tokens import issue_token
-from schemas import AuditRecord, CaseUpdate, DeliveryEvent, TokenRole
+from schemas import AuditRecord, CaseUpdate, DeliveryEvent, TokenRole, WaveCancellation
 from schemas._base import stable_id
 from streams.admin import create_topics, publish
 from streams.topics import TopicNames, topic_specs
 
 from .coordinators import TIMEOUT, add_token, read_all, until, web_settings
-from .harness import PipelineHarness
+from .harness import PipelineHarness, subscription
+from .test_waves import _wait_held, _waved
 
 pytestmark = pytest.mark.integration
 
@@ -425,6 +428,129 @@ def test_cases_list_their_latest_status_and_count_matched_sent_failed_bounced(
     assert (status, answer["error"]) == (404, "not_found")
 
 
+def wave_cancellations(pipeline: PipelineHarness) -> list[tuple[int, str, WaveCancellation]]:
+    return [
+        (r.partition, r.key.decode(), WaveCancellation.model_validate_json(r.value))
+        for r in read_all(pipeline, pipeline.names.wave_cancellations)
+    ]
+
+
+def test_a_wave_is_called_off_on_every_partition_and_calling_it_off_again_is_harmless(
+    api: Api, pipeline: PipelineHarness
+) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    status, _, answer = api.call(
+        "POST", "/api/v1/waves/day-of-action/cancel", {"case_id": "bd-2026-1"}, token=api.coordinator.token
+    )
+    assert status == 202, answer
+    assert answer == {"wave_id": "day-of-action", "case_id": "bd-2026-1", "partitions": pipeline.partitions}
+    copies = wave_cancellations(pipeline)
+    # One copy on each partition, as `mobilise waves cancel` writes: each worker learns it.
+    assert sorted(partition for partition, _, _ in copies) == list(range(pipeline.partitions))
+    assert {key for _, key, _ in copies} == {"day-of-action"}
+    [cancellation] = {c for _, _, c in copies}
+    assert (cancellation.wave_id, cancellation.case_id) == ("day-of-action", "bd-2026-1")
+    assert cancellation.cancelled_by == "coordinator-asia"  # the token's name
+    assert before <= cancellation.at <= datetime.now(UTC) + timedelta(seconds=1)
+    # Audited like a publication: who, when, which wave of which case.
+    [(audit_key, audit)] = audit_records(pipeline)
+    assert audit_key == "bd-2026-1"
+    assert (audit.action, audit.via, audit.wave_id, audit.case_id) == (
+        "wave.cancelled",
+        "api",
+        "day-of-action",
+        "bd-2026-1",
+    )
+    assert audit.actor_token_id == api.coordinator.record.token_id and audit.actor_name == "coordinator-asia"
+    assert audit.event_id is None and audit.request_sha256 is None
+
+    # Again, and by an admin: harmless (the workers keep one copy per wave and partition).
+    for token in (api.coordinator.token, api.admin.token):
+        status, _, again = api.call(
+            "POST", "/api/v1/waves/day-of-action/cancel", {"case_id": "bd-2026-1"}, token=token
+        )
+        assert status == 202 and again["partitions"] == pipeline.partitions
+    assert len(wave_cancellations(pipeline)) == 3 * pipeline.partitions
+    audits = [a for _, a in audit_records(pipeline)]
+    assert [a.actor_name for a in audits] == ["coordinator-asia", "coordinator-asia", "Admin Ada"]
+    assert len({a.audit_id for a in audits}) == 2  # a retry by the same token is the same record
+
+
+def test_a_wave_called_off_through_the_api_is_never_sent_by_the_worker_holding_it(
+    api: Api, pipeline: PipelineHarness
+) -> None:
+    people = [
+        subscription("dhaka@example.org", countries=["BD"], interests=["union_busting"]),
+        subscription(
+            "lima@example.org", countries=["BD"], interests=["union_busting"], time_zone="America/Lima"
+        ),
+    ]
+    try:
+        pipeline.start_worker()
+        pipeline.wait_ready()
+        for person in people:  # one at a time: see test_follow_ups
+            pipeline.subscribe(person)
+            pipeline.wait_indexed(person.subscriber_id)
+        # Hours away: still held however slow the machine is.
+        called_off = _waved("bd-wave-api", datetime.now(UTC) + timedelta(hours=2), wave_id="api-called-off")
+        pipeline.publish(called_off)
+        _wait_held(pipeline, called_off, len(people))
+
+        status, _, answer = api.call(
+            "POST",
+            "/api/v1/waves/api-called-off/cancel",
+            {"case_id": "bd-wave-api"},
+            token=api.coordinator.token,
+        )
+        assert status == 202, answer
+        pipeline.wait_until(
+            "the wave's held alerts to be cancelled",
+            lambda: (
+                {d.subscriber_id for d in pipeline.deliveries() if d.outcome == "cancelled"}
+                == {p.subscriber_id for p in people}
+            ),
+        )
+        assert pipeline.emails_for(called_off.event_id) == []
+        outcomes = Counter(d.outcome for d in pipeline.deliveries() if d.event_id == called_off.event_id)
+        assert outcomes == {"cancelled": len(people)}
+    finally:
+        pipeline.stop()
+
+
+def test_a_wave_cancellation_that_is_not_valid_is_refused_with_the_fields_at_fault(
+    api: Api, pipeline: PipelineHarness
+) -> None:
+    token = api.coordinator.token
+    path = "/api/v1/waves/day-of-action/cancel"
+    for body, loc in (
+        ({}, "case_id"),
+        ({"case_id": 7}, "case_id"),
+        ({"case_id": "bd-2026-1", "wave": "x"}, "wave"),
+        ([{"case_id": "bd-2026-1"}], ""),
+    ):
+        status, _, answer = api.call("POST", path, body, token=token)
+        assert (status, answer["error"]) == (422, "validation_failed"), body
+        assert [p["loc"] for p in answer["fields"]] == [loc], answer
+    status, _, answer = api.call("POST", path, {"case_id": "no spaces"}, token=token)
+    assert status == 422 and [p["loc"] for p in answer["fields"]] == ["case_id"]
+    assert "letters, digits" in answer["fields"][0]["msg"] and "'no spaces'" in answer["fields"][0]["msg"]
+    status, _, answer = api.call(
+        "POST", "/api/v1/waves/not%20a%20wave/cancel", {"case_id": "bd-1"}, token=token
+    )
+    assert status == 422 and [p["loc"] for p in answer["fields"]] == ["wave_id"]
+    assert "mobilise publish" in answer["fields"][0]["msg"]
+
+    status, headers, answer = api.call("POST", path, {"case_id": "bd-2026-1"})
+    assert (status, answer["error"]) == (401, "unauthorized") and "WWW-Authenticate" in headers
+    status, _, answer = api.call(
+        "POST", path, token=token, raw=b"case_id=bd-1", headers={"Content-Type": "text/plain"}
+    )
+    assert (status, answer["error"]) == (415, "unsupported_media_type")
+    status, _, answer = api.call("GET", path, token=token)
+    assert (status, answer["error"]) == (405, "method_not_allowed")
+    assert wave_cancellations(pipeline) == []
+
+
 def test_kafka_down_answers_503_with_retry_after_and_confirms_nothing(tmp_path: Path) -> None:
     async def scenario() -> None:
         with EmbeddedBroker() as private:
@@ -447,9 +573,13 @@ def test_kafka_down_answers_503_with_retry_after_and_confirms_nothing(tmp_path: 
                     assert asyncio.get_running_loop().time() < deadline, "the API never became ready"
                     await asyncio.sleep(0.1)
                 private.stop()
-                response = await client.post("/api/v1/case-updates", json=update_body(), headers=auth)
-                assert response.status == 503
-                assert response.headers["Retry-After"].isdigit()
-                assert (await response.json())["error"] == "kafka_unavailable"
+                for path, body in (
+                    ("/api/v1/case-updates", update_body()),
+                    ("/api/v1/waves/day-of-action/cancel", {"case_id": "bd-2026-1"}),
+                ):
+                    response = await client.post(path, json=body, headers=auth)
+                    assert response.status == 503, path
+                    assert response.headers["Retry-After"].isdigit()
+                    assert (await response.json())["error"] == "kafka_unavailable"
 
     asyncio.run(scenario())

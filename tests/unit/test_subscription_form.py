@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from datetime import UTC, datetime
 from typing import get_args
 
@@ -23,11 +24,14 @@ from mobilise.web.forms import (
     region_choices,
     render_form,
     status_choices,
+    time_zone_choices,
+    time_zone_names,
     to_subscription,
     values_of,
 )
 from mobilise.web.pages import PAGE_LANGUAGES
 from schemas import BASE_INTERESTS, CaseStatus, Region, Subscription, known_countries, subscriber_id_for
+from schemas.subscription import Frequency
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 VALID = FormValues(email="Person@Example.org", countries=("BD",), interests=("union_busting",))
@@ -119,7 +123,9 @@ def test_brands_are_split_at_commas_trimmed_and_deduplicated() -> None:
         ({"brands": ",".join(f"brand {i}" for i in range(MAX_BRANDS + 1))}, "brands", "brands_too_many"),
         ({"statuses": ()}, "statuses", "statuses_missing"),
         ({"statuses": ("won",)}, "statuses", "statuses_unknown"),
-        ({"frequency": "weekly"}, "frequency", "frequency_unknown"),
+        ({"frequency": "hourly"}, "frequency", "frequency_unknown"),
+        ({"time_zone": "Mars/Olympus_Mons"}, "time_zone", "time_zone_unknown"),
+        ({"time_zone": "localtime"}, "time_zone", "time_zone_unknown"),  # this machine's, not a place
     ],
 )
 def test_each_wrong_field_is_named_with_its_error(changes: dict[str, object], field: str, code: str) -> None:
@@ -156,7 +162,7 @@ def test_the_choices_come_from_the_vocabularies(monkeypatch: pytest.MonkeyPatch)
     assert ("tea_pickers", "Tea pickers") in interest_choices("fr")
     assert check(FormValues(**{**VALID.__dict__, "interests": ("tea_pickers",)}), with_email=True) == {}
     assert [value for value, _ in status_choices("fr")] == [s.value for s in CaseStatus]
-    assert frequency_choices("es") == [("immediate", "En cuanto un caso coincida")]
+    assert [value for value, _ in frequency_choices("es")] == ["immediate", "daily", "weekly"]
 
 
 def test_the_rendered_form_puts_each_message_next_to_its_field() -> None:
@@ -218,3 +224,122 @@ def test_a_subscription_from_the_form_is_a_valid_topic_record() -> None:
         VALID, email=VALID.email, subscriber_id=None, confirmed=False, created_at=NOW
     )
     assert Subscription.model_validate_json(subscription.model_dump_json()) == subscription
+
+
+# -- time zone and digest frequency ----------------------------------------------------------
+
+VALID_RECORD = {"email": "tz@example.org", "countries": ("BD",), "interests": ("wages",), "created_at": NOW}
+
+
+def test_the_time_zone_is_read_stored_and_shown_again() -> None:
+    values = read_form(posted(("time_zone", " Asia/Dhaka "), ("frequency", "daily")))
+    assert (values.time_zone, values.frequency) == ("Asia/Dhaka", "daily")
+    chosen = FormValues(**{**VALID.__dict__, "time_zone": "America/New_York", "frequency": "weekly"})
+    assert check(chosen, with_email=True) == {}
+    subscription = to_subscription(
+        chosen, email=chosen.email, subscriber_id=None, confirmed=True, created_at=NOW
+    )
+    assert (subscription.time_zone, subscription.frequency) == ("America/New_York", "weekly")
+    again = values_of(subscription)
+    assert (again.time_zone, again.frequency) == ("America/New_York", "weekly")
+    # Left empty: no zone of their own (the home country's is used, else UTC).
+    unset = to_subscription(VALID, email=VALID.email, subscriber_id=None, confirmed=True, created_at=NOW)
+    assert unset.time_zone is None and values_of(unset).time_zone == ""
+    assert read_form(posted()).time_zone == ""
+
+
+def test_every_offered_time_zone_is_one_the_schema_accepts_grouped_by_area() -> None:
+    names = time_zone_names()
+    assert names == zoneinfo.available_timezones() - {"localtime", "Factory"}
+    assert {"Asia/Dhaka", "Europe/Amsterdam", "America/Argentina/Buenos_Aires", "UTC"} <= names
+    groups = time_zone_choices("fr")
+    offered = [name for group in groups for name, _ in group.zones]
+    assert sorted(offered) == sorted(names) and len(offered) == len(set(offered))
+    assert [g.label for g in groups[:-1]] == sorted(g.label for g in groups[:-1])
+    assert (groups[-1].label, groups[-1].lang) == ("Autres", None)  # names without an area, last
+    assert "UTC" in dict(groups[-1].zones)
+    america = next(g for g in groups if g.label == "America")
+    assert america.lang == "en"
+    assert ("America/Argentina/Buenos_Aires", "Argentina/Buenos Aires") in america.zones
+    for name in offered:
+        Subscription.model_validate({**VALID_RECORD, "time_zone": name})
+
+
+def test_the_time_zone_select_offers_the_home_country_first_and_keeps_the_choice() -> None:
+    html = render_form(language="en", with_email=True, values=VALID, errors={}, csrf="t")
+    select = html[
+        html.index('<select id="time_zone"') : html.index("</select>", html.index('id="time_zone"'))
+    ]
+    assert '<label class="block" for="time_zone">Your time zone (optional)</label>' in html
+    assert 'name="time_zone" aria-describedby="time_zone-hint"' in select
+    first = select.index("<option")
+    assert select[first:].startswith('<option value="" selected>From my home country</option>')
+    assert (
+        '<optgroup label="Asia" lang="en">' in select
+        and '<option value="Asia/Dhaka">Dhaka</option>' in select
+    )
+    assert '<option value="UTC" lang="en">UTC</option>' in select  # in "Other", whose label is not English
+
+    # The zone of where they live, when it has one, is named; a chosen zone is selected.
+    spanish = render_form(
+        language="es",
+        with_email=False,
+        values=FormValues(**{**VALID.__dict__, "home_country": "BD", "time_zone": "Asia/Kolkata"}),
+        errors={},
+        csrf="t",
+    )
+    assert '<option value="">La de mi país (Asia/Dhaka)</option>' in spanish
+    assert '<option value="Asia/Kolkata" selected>Kolkata</option>' in spanish
+    several = render_form(
+        language="en", with_email=True, values=FormValues(home_country="US"), errors={}, csrf="t"
+    )
+    assert '<option value="" selected>From my home country</option>' in several  # many zones: UTC
+
+
+def test_a_wrong_time_zone_gets_its_message_next_to_the_field_in_the_page_language() -> None:
+    values = FormValues(**{**VALID.__dict__, "time_zone": "Europe/Atlantis"})
+    errors = check(values, with_email=True)
+    assert errors == {"time_zone": "time_zone_unknown"}
+    for language, message in (
+        ("en", "Choose your time zone from the list, or “From my home country”."),
+        ("fr", "Choisissez votre fuseau horaire dans la liste, ou « Celui de mon pays »."),
+        ("es", "Elige tu zona horaria de la lista, o «La de mi país»."),
+    ):
+        html = render_form(language=language, with_email=True, values=values, errors=errors, csrf="t")
+        select_at = html.index('<select id="time_zone"')
+        error_at = html.index('id="time_zone-error"')
+        assert select_at - 300 < error_at < select_at and message in html[error_at:select_at]
+        assert 'aria-describedby="time_zone-hint time_zone-error" aria-invalid="true"' in html[select_at:]
+        assert f'<li><a href="#time_zone">{message}</a></li>' in html  # and in the summary
+
+
+def test_every_frequency_has_a_label_in_every_language_and_the_form_offers_them() -> None:
+    for language in PAGE_LANGUAGES:
+        choices = frequency_choices(language)
+        assert [value for value, _ in choices] == list(get_args(Frequency))
+        labels = [label for _, label in choices]
+        assert all(label not in get_args(Frequency) for label in labels) and len(set(labels)) == len(labels)
+    assert dict(frequency_choices("en"))["daily"] == "One email a day (a digest, in your morning)"
+    assert (
+        dict(frequency_choices("fr"))["weekly"] == "Un e-mail par semaine (un récapitulatif, le lundi matin)"
+    )
+    assert dict(frequency_choices("es"))["daily"] == "Un correo al día (un resumen, por la mañana)"
+    # The weekly digest's day is the deployment's (MOBILISE_DIGEST_WEEKDAY).
+    assert dict(frequency_choices("fr", "friday"))["weekly"] == (
+        "Un e-mail par semaine (un récapitulatif, le vendredi matin)"
+    )
+    assert "el miércoles por la mañana" in dict(frequency_choices("es", "wednesday"))["weekly"]
+    weekly = FormValues(**{**VALID.__dict__, "frequency": "weekly"})
+    html = render_form(language="en", with_email=True, values=weekly, errors={}, csrf="t")
+    assert '<input type="radio" name="frequency" value="weekly" checked> One email a week' in html
+    assert '<input type="radio" name="frequency" value="daily"> One email a day' in html
+    assert '<fieldset id="frequency" aria-describedby="frequency-hint">' in html
+    sunday = render_form(
+        language="en", with_email=True, values=weekly, errors={}, csrf="t", digest_weekday="sunday"
+    )
+    assert "One email a week (a digest, on Sunday morning)" in sunday
+    for value in get_args(Frequency):
+        chosen = FormValues(**{**VALID.__dict__, "frequency": value})
+        assert check(chosen, with_email=True) == {}
+        made = to_subscription(chosen, email=chosen.email, subscriber_id=None, confirmed=True, created_at=NOW)
+        assert made.frequency == value
