@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas._base import trusted
+
 __all__ = ["Connector", "ConnectorConfig", "Sink", "SinkConfig", "SinkOutcome", "describe_config"]
 
 
@@ -61,6 +63,22 @@ class SinkOutcome(BaseModel):
     """Seconds the destination asked us to wait, if it said."""
     error: str | None = None
     """What went wrong, for failures."""
+
+    @classmethod
+    def accept(
+        cls, record_id: str, *, provider_message_id: str | None = None, duplicate: bool = False
+    ) -> SinkOutcome:
+        """An acceptance, built without validating: a sink makes one per record it delivered."""
+        return trusted(
+            cls,
+            record_id=record_id,
+            accepted=True,
+            provider_message_id=provider_message_id,
+            duplicate=duplicate,
+            retryable=False,
+            retry_after=None,
+            error=None,
+        )
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -90,10 +90,7 @@ class OutboxSink(Sink[OutboxConfig, Alert]):
             return SinkOutcome.model_construct(
                 record_id=alert.alert_id, accepted=False, retryable=True, error=f"cannot write: {exc}"
             )
-        # One per alert, from known-good values: constructed without validating again.
-        return SinkOutcome.model_construct(
-            record_id=alert.alert_id, accepted=True, duplicate=duplicate, provider_message_id=name
-        )
+        return SinkOutcome.accept(alert.alert_id, duplicate=duplicate, provider_message_id=name)
 
     def _write(self, name: str, message: bytes) -> bool:
         """Write ``message`` to a nameless file and link it in as ``name``; True if it existed."""

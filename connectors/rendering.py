@@ -245,7 +245,13 @@ def unsubscribe_headers(identity: EmailIdentity, subscriber_id: str) -> dict[str
     value = f"<{unsubscribe_mailto(identity, subscriber_id)}>"
     if identity.links is None:
         return {"List-Unsubscribe": value}
-    return {"List-Unsubscribe": f"{value}, <{identity.links.unsubscribe_url(subscriber_id)}>", **ONE_CLICK}
+    return {"List-Unsubscribe": f"{value}, <{_unsubscribe_url(identity.links, subscriber_id)}>", **ONE_CLICK}
+
+
+@lru_cache(maxsize=2048)
+def _unsubscribe_url(links: PublicLinks, subscriber_id: str) -> str:
+    # Every email needs it twice, in its footer and in its List-Unsubscribe header: sign once.
+    return links.unsubscribe_url(subscriber_id)
 
 
 @cache
@@ -538,7 +544,7 @@ def _personal_fields(alert: Alert, identity: EmailIdentity) -> dict[str, str | N
     why_text, why_html = _why(language, alert.reason)
     url = manage_text = manage_html = None
     if identity.links is not None:
-        url = identity.links.unsubscribe_url(alert.subscriber_id)
+        url = _unsubscribe_url(identity.links, alert.subscriber_id)
         # In the email's language (?lang=), whatever the language of the browser that opens it.
         preferences = f"{identity.links.preferences_url(alert.subscriber_id)}?lang={language}"
         text_form, html_form = _manage(language)

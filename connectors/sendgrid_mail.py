@@ -550,10 +550,7 @@ def _text(body: bytes | str | None) -> str:
 def _outcomes(request: MailRequest, verdict: Verdict) -> list[SinkOutcome]:
     if verdict.kind == "accepted":
         return [
-            # One per person of a 1,000-person request, from values known good: not re-validated.
-            SinkOutcome.model_construct(
-                record_id=alert_id, accepted=True, provider_message_id=verdict.message_id
-            )
+            SinkOutcome.accept(alert_id, provider_message_id=verdict.message_id)
             for alert_id in request.alert_ids
         ]
     if verdict.kind == "retryable":

@@ -199,7 +199,8 @@ class AlertBatch(Event):
         Built without validating again: every value was validated as part of this batch.
         """
         return [
-            Alert.model_construct(
+            Alert.trusted(
+                schema_version=1,
                 alert_id=r.alert_id,
                 event_id=self.event_id,
                 subscriber_id=r.subscriber_id,

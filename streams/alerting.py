@@ -87,7 +87,7 @@ def alert_batches(
     for subscription, reason in people:
         # Values come from a validated subscription and the validated case.
         by_language.setdefault(subscription.language, []).append(
-            Recipient.model_construct(
+            Recipient.trusted(
                 alert_id=alert_id_for(event_id, subscription.subscriber_id),
                 subscriber_id=subscription.subscriber_id,
                 email=subscription.email,

@@ -16,7 +16,7 @@ from connectors.base import Sink
 from schemas import Alert, AlertBatch, DeliveryEvent, DeliveryOutcome
 
 from .bulk import BulkProducer
-from .metrics import PipelineMetrics
+from .metrics import PipelineMetrics, observe_many
 from .records import DeadLetters, RawEvent
 from .reminders import ReminderScreen
 from .sent import SentAlerts
@@ -285,9 +285,11 @@ class Delivery:
         sink = self._sink.name
         counts: dict[str, int] = {}
         records = []
+        # Bound once: each attribute access of the module's lazy logger binds a new one.
+        per_alert = log.bind()
         for alert, kind, attempts, message_id, detail in part.outcomes:
             counts[kind.value] = counts.get(kind.value, 0) + 1
-            delivery = DeliveryEvent.model_construct(
+            delivery = DeliveryEvent.trusted(
                 schema_version=2,
                 alert_id=alert.alert_id,
                 event_id=alert.event_id,
@@ -302,7 +304,7 @@ class Delivery:
                 at=now,
             )
             records.append((alert.subscriber_id.encode("utf-8"), delivery.model_dump_json().encode("utf-8")))
-            log.debug(
+            per_alert.debug(
                 "alert.delivered" if kind is not DeliveryOutcome.DEAD_LETTERED else "alert.dead_lettered",
                 alert_id=alert.alert_id,
                 subscriber_id=alert.subscriber_id,
@@ -313,9 +315,11 @@ class Delivery:
         for outcome, count in counts.items():
             self._metrics.deliveries.labels(sink, outcome).inc(count)
         latency = max(0.0, (now - part.batch.created_at).total_seconds())
-        histogram = self._metrics.delivery_seconds.labels(sink)
-        for _ in range(counts.get(DeliveryOutcome.ACCEPTED.value, 0)):
-            histogram.observe(latency)
+        observe_many(
+            self._metrics.delivery_seconds.labels(sink),
+            latency,
+            counts.get(DeliveryOutcome.ACCEPTED.value, 0),
+        )
         log.info(
             "alerts.delivered",
             batch_id=part.batch.batch_id,

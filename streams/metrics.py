@@ -4,9 +4,29 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["PipelineMetrics"]
+__all__ = ["PipelineMetrics", "observe_many"]
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+def observe_many(histogram: Histogram, amount: float, count: int) -> None:
+    """``histogram.observe(amount)`` ``count`` times, in one step.
+
+    Every alert of a batch has the same delivery latency; observing a thousand of them one
+    by one cost more than delivering them. prometheus_client has no call for it, so this
+    adds to the histogram's sum and bucket as ``observe`` does (its own fields; a test
+    holds it equal to repeated ``observe``).
+    """
+    if count <= 0:
+        return
+    if count == 1:
+        histogram.observe(amount)
+        return
+    histogram._sum.inc(amount * count)  # see the docstring
+    for index, bound in enumerate(histogram._upper_bounds):
+        if amount <= bound:
+            histogram._buckets[index].inc(count)
+            break
 
 
 class PipelineMetrics:

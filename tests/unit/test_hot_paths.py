@@ -1,0 +1,116 @@
+"""The per-person shortcuts of the hot paths give exactly what the slow, validated way gives."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Histogram
+
+from connectors.base import SinkOutcome
+from schemas import Alert, AlertBatch, CaseUpdate, DeliveryEvent, MatchReason, Recipient, Subscription
+from streams.alerting import alert_batches
+from streams.metrics import observe_many
+
+CASE = CaseUpdate.model_validate_json(
+    json.dumps(
+        {
+            "case_id": "bd-1",
+            "status": "urgent_action",
+            "title": {"en": "Fired", "fr": "Licenciés"},
+            "summary": {"en": "Twelve leaders dismissed."},
+            "country": "BD",
+            "issues": ["union_busting"],
+            "occurred_at": "2026-03-01T00:00:00Z",
+            "published_by": "p",
+            "action_call": {"kind": "sign", "instructions": {"en": "Sign."}, "target": {"name": "H&M"}},
+        }
+    )
+).public()
+
+
+def _people() -> list[tuple[Subscription, MatchReason]]:
+    people = []
+    for i, extra in enumerate(({}, {"name": "Rina"}, {"home_country": "NL", "language": "fr"})):
+        values = {
+            "email": f"p{i}@example.org",
+            "countries": ["BD"],
+            "interests": ["union_busting"],
+            "confirmed": True,
+            "created_at": "2026-01-01T00:00:00Z",
+            **extra,
+        }
+        people.append(
+            (
+                Subscription.model_validate_json(json.dumps(values)),
+                MatchReason(country="BD", interests=("union_busting",)),
+            )
+        )
+    return people
+
+
+def test_trusted_recipients_and_alerts_equal_their_validated_selves() -> None:
+    batches = alert_batches(
+        event_id="evt-1",
+        partition=0,
+        case=CASE,
+        created_at=datetime(2026, 3, 1, tzinfo=UTC),
+        people=_people(),
+        batch_size=10,
+    )
+    for batch in batches:
+        wire = batch.model_dump_json()
+        assert AlertBatch.model_validate_json(wire) == batch
+        for recipient in batch.recipients:
+            assert Recipient.model_validate_json(recipient.model_dump_json()) == recipient
+        for alert in batch.alerts():
+            validated = Alert.model_validate_json(alert.model_dump_json())
+            assert validated == alert and validated.model_dump() == alert.model_dump()
+            assert alert.model_fields_set == set(Alert.model_fields)
+
+
+def test_a_trusted_delivery_event_serialises_as_the_validated_one() -> None:
+    values = {
+        "schema_version": 2,
+        "alert_id": "alr-1",
+        "event_id": "evt-1",
+        "case_id": "bd-1",
+        "subscriber_id": "sub-1",
+        "sink": "outbox",
+        "outcome": "accepted",
+        "provider_message_id": "alr-1.eml",
+        "attempts": 1,
+        "detail": None,
+        "provider_event_id": None,
+        "at": "2026-03-01T00:00:00Z",
+    }
+    validated = DeliveryEvent.model_validate_json(json.dumps(values))
+    fast = DeliveryEvent.trusted(**dict(validated))
+    assert fast.model_dump_json() == validated.model_dump_json()
+
+
+def test_an_accept_outcome_equals_the_validated_one() -> None:
+    assert SinkOutcome.accept("alr-1") == SinkOutcome(record_id="alr-1", accepted=True)
+    assert SinkOutcome.accept("alr-2", provider_message_id="m", duplicate=True) == SinkOutcome(
+        record_id="alr-2", accepted=True, provider_message_id="m", duplicate=True
+    )
+
+
+def test_observing_many_at_once_is_observing_them_one_by_one() -> None:
+    buckets = (0.01, 0.1, 1, 10)
+    one_by_one = Histogram("x_seconds", "x", ["sink"], buckets=buckets, registry=CollectorRegistry())
+    at_once = Histogram("x_seconds", "x", ["sink"], buckets=buckets, registry=CollectorRegistry())
+    for amount, count in ((0.05, 1000), (0.5, 1), (20.0, 3), (0.001, 0), (0.1, 7)):
+        for _ in range(count):
+            one_by_one.labels("s").observe(amount)
+        observe_many(at_once.labels("s"), amount, count)
+
+    def samples(h: Histogram) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name, s.labels, round(s.value, 9))
+            for m in h.collect()
+            for s in m.samples
+            if "created" not in s.name
+        ]
+
+    assert samples(at_once) == samples(one_by_one)
