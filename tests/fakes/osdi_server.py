@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from .loopback import LoopbackServer
+
 __all__ = ["TOKEN", "FakeOsdi", "RecordedRequest", "StoredPerson"]
 
 TOKEN = "osdi-test-token-0123456789abcdef"
@@ -81,8 +83,10 @@ def _parse(value: str) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-class FakeOsdi:
+class FakeOsdi(LoopbackServer):
     """The fake server. Start it with ``async with FakeOsdi() as fake``; then use :attr:`people_url`."""
+
+    name = "fake OSDI server"
 
     def __init__(self, token: str = TOKEN, *, unknown_tags: Literal["create", "ignore"] = "create") -> None:
         self.token = token
@@ -95,8 +99,6 @@ class FakeOsdi:
         self.requests: list[RecordedRequest] = []
         self._failures: list[tuple[re.Pattern[str], int, dict[str, Any], dict[str, str]]] = []
         self._ids = 0
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     # -- what tests do ----------------------------------------------------------------------
 
@@ -412,8 +414,8 @@ class FakeOsdi:
             person.modified = _second(self.now)
         return self._answer(self._person_json(_base(request), person))
 
-    async def start(self) -> FakeOsdi:
-        """Listen on a free port of 127.0.0.1 in the running loop."""
+    def application(self) -> web.Application:
+        """The OSDI people and tags routes, behind the token check."""
         app = web.Application(middlewares=[self._gate])
         app.router.add_get("/people", self._list_people)
         app.router.add_post("/people", self._signup)
@@ -422,25 +424,7 @@ class FakeOsdi:
         app.router.add_get("/tags", self._list_tags)
         app.router.add_post("/tags", self._create_tag)
         app.router.add_get("/tags/{id}", self._tag)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        return self
-
-    async def stop(self) -> None:
-        """Stop listening."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOsdi:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        return app
 
 
 def _base(request: web.Request) -> str:

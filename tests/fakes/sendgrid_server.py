@@ -27,12 +27,13 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from .loopback import LoopbackServer
 
 __all__ = [
     "API_KEY",
@@ -267,8 +268,10 @@ def _substitute(text: str, substitutions: dict[str, str]) -> str:
     return pattern.sub(lambda match: substitutions[match.group(0)], text)
 
 
-class FakeSendGrid:
+class FakeSendGrid(LoopbackServer):
     """The fake API. Start it with ``async with`` or :meth:`in_thread`; then use :attr:`url`."""
+
+    name = "fake SendGrid server"
 
     def __init__(self, api_key: str = API_KEY, clock: Callable[[], float] = time.time) -> None:
         self.api_key = api_key
@@ -279,8 +282,6 @@ class FakeSendGrid:
         """Seconds to wait before answering each request (a slow API); may be changed at any time."""
         self._rate_limited_until = 0.0
         self._lock = threading.Lock()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
     # -- what the tests look at -------------------------------------------------------------
 
@@ -404,50 +405,8 @@ class FakeSendGrid:
             self.requests.append(RecordedRequest(status=status, body=body))
         return web.json_response(payload, status=status, headers=headers)
 
-    async def start(self) -> FakeSendGrid:
-        """Listen on a free port of 127.0.0.1 in the running loop."""
+    def application(self) -> web.Application:
+        """``POST /v3/mail/send``."""
         app = web.Application(client_max_size=40 * 1024 * 1024)  # SendGrid takes up to 30 MB
         app.router.add_post("/v3/mail/send", self._mail_send)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        return self
-
-    async def stop(self) -> None:
-        """Stop listening."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeSendGrid:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    @contextmanager
-    def in_thread(self, timeout: float = 30.0) -> Iterator[FakeSendGrid]:
-        """Run the server in a thread with its own event loop, for other processes to call."""
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop())
-            loop.close()
-
-        thread = threading.Thread(target=serve, name="fake-sendgrid", daemon=True)
-        thread.start()
-        if not ready.wait(timeout):
-            raise RuntimeError("the fake SendGrid server did not start")
-        try:
-            yield self
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout)
+        return app

@@ -7,18 +7,16 @@ the next answers (status codes, taken in order; 200 when it runs out).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
 from connectors.signing import verify
+
+from .loopback import LoopbackServer
 
 __all__ = ["Received", "WebhookReceiver"]
 
@@ -34,7 +32,7 @@ class Received:
 
 
 @dataclass
-class WebhookReceiver:
+class WebhookReceiver(LoopbackServer):
     """Answers ``POST /hook``; 401 for a request whose signature does not verify."""
 
     secret: str
@@ -42,6 +40,7 @@ class WebhookReceiver:
     received: list[Received] = field(default_factory=list)
     unsigned: int = 0
     url: str = ""
+    name = "webhook receiver"
 
     def accepted(self) -> list[Received]:
         """The requests answered 2xx."""
@@ -67,32 +66,14 @@ class WebhookReceiver:
         )
         return web.Response(status=status, text="refused: not a case we follow" if status == 400 else "ok")
 
-    @contextmanager
-    def running(self) -> Iterator[WebhookReceiver]:
-        """Serve in a background thread until the block ends."""
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-        runner_box: list[web.AppRunner] = []
+    def application(self) -> web.Application:
+        """``POST /hook``."""
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        return app
 
-        async def start() -> None:
-            app = web.Application()
-            app.router.add_post("/hook", self._hook)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = runner.addresses[0][1]
-            self.url = f"http://127.0.0.1:{port}/hook"
-            runner_box.append(runner)
-            started.set()
-
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
-        started.wait(10)
-        try:
-            yield self
-        finally:
-            asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
+    async def start(self) -> Self:
+        """Listen on a free loopback port; :attr:`url` is then the hook's URL."""
+        await super().start()
+        self.url += "/hook"
+        return self

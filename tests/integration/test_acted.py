@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from mobilise.broker import EmbeddedBroker, free_port
+from mobilise.broker import free_port
 from mobilise.links import LinkSigner, PublicLinks
 from mobilise.settings import load_settings
 from mobilise.web import create_app
@@ -65,15 +64,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[PipelineHarness]:
-    harness = PipelineHarness(broker, tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.stop()
 
 
 class Site:

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -26,13 +26,6 @@ from .harness import PipelineHarness, case_update, subscription
 pytestmark = pytest.mark.integration
 
 SECRET = "a-long-shared-secret-for-tests"
-
-
-@pytest.fixture
-def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[PipelineHarness]:
-    harness = PipelineHarness(broker, tmp_path)
-    yield harness
-    harness.stop()
 
 
 def _wait(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -72,7 +65,7 @@ def test_the_webhook_sink_retries_dead_letters_and_resumes_without_resending(
     pipeline: PipelineHarness, tmp_path: Path
 ) -> None:
     receiver = WebhookReceiver(SECRET, script={"flaky": [503], "refused": [400, 400]})
-    with receiver.running():
+    with receiver.in_thread():
         declared = _declare(
             tmp_path,
             "  - name: partner\n"
@@ -116,7 +109,7 @@ def test_a_worker_runs_declared_connectors_a_pushed_update_reaches_the_subscribe
 ) -> None:
     port = free_port()
     receiver = WebhookReceiver(SECRET)
-    with receiver.running():
+    with receiver.in_thread():
         declared = _declare(
             tmp_path,
             "  - name: tracker\n"

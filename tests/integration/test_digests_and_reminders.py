@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from mobilise.broker import EmbeddedBroker
 from schemas import digest_event_id_for, reminder_event_id_for
 
 from .harness import PipelineHarness, case_update, recipients, subscription
@@ -22,15 +20,6 @@ T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # 18:00 in Dhaka
 DHAKA_MORNING = datetime(2026, 3, 11, 2, 0, tzinfo=UTC)  # 08:00 in Dhaka
 DEADLINE = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 REMIND = DEADLINE - timedelta(hours=24)
-
-
-@pytest.fixture
-def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[PipelineHarness]:
-    harness = PipelineHarness(broker, tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.stop()
 
 
 def _set_clock(path: Path, at: datetime) -> None:

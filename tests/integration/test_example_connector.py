@@ -8,12 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mobilise.broker import EmbeddedBroker
 from schemas import DeadLetter
 
 from .harness import PipelineHarness, case_update
@@ -47,13 +45,6 @@ def _mobilise(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
     return subprocess.run(
         [sys.executable, "-m", "mobilise", *args], env=env, capture_output=True, text=True, timeout=120
     )
-
-
-@pytest.fixture
-def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[PipelineHarness]:
-    harness = PipelineHarness(broker, tmp_path)
-    yield harness
-    harness.stop()
 
 
 def _lines(path: Path) -> list[dict[str, object]]:

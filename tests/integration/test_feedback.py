@@ -13,13 +13,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from mobilise.broker import EmbeddedBroker, free_port
+from mobilise.broker import free_port
 from mobilise.settings import Settings, load_settings
 from mobilise.web import BackgroundWebServer
 from schemas import DeliveryEvent, Suppression, read_subscriptions_record, subscriber_id_for
@@ -30,15 +29,6 @@ from .harness import PipelineHarness, case_update, recipients, subscription
 pytestmark = pytest.mark.integration
 
 SECRET = "integration-test-secret-key-0123456789abcdef"
-
-
-@pytest.fixture
-def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[PipelineHarness]:
-    harness = PipelineHarness(broker, tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.stop()
 
 
 @pytest.fixture

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
-from mobilise.broker import EmbeddedBroker
 from schemas import (
     ActionTaken,
     AlertBatch,
@@ -25,15 +22,6 @@ from streams.admin import publish
 from .harness import PipelineHarness, case_update, recipients, subscription
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[PipelineHarness]:
-    harness = PipelineHarness(broker, tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.stop()
 
 
 def _act(pipeline: PipelineHarness, update: CaseUpdate, subscriber_id: str) -> str:

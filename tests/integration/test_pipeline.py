@@ -5,26 +5,14 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from mobilise.broker import EmbeddedBroker
 from schemas import AlertBatch, DeadLetter
 
 from .harness import PipelineHarness, case_update, recipients, subscription
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[PipelineHarness]:
-    harness = PipelineHarness(broker, tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.stop()
 
 
 def test_a_case_update_reaches_exactly_the_matching_subscribers(pipeline: PipelineHarness) -> None:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from mobilise.broker import EmbeddedBroker
 from schemas import CaseUpdate, wave_id_for
 
 from .harness import PipelineHarness, Worker, case_update, recipients, subscription
@@ -20,15 +17,6 @@ pytestmark = pytest.mark.integration
 
 SOON = timedelta(seconds=10)
 """How far ahead the first wave is: its alerts are held at least until then."""
-
-
-@pytest.fixture
-def pipeline(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[PipelineHarness]:
-    harness = PipelineHarness(broker, tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.stop()
 
 
 def _waved(case_id: str, send_at: datetime, wave_id: str | None = None) -> CaseUpdate:
