@@ -162,6 +162,15 @@ def publish(file: Path) -> None:
     help="Only these statuses (repeatable; default all).",
 )
 @click.option(
+    "--frequency",
+    type=click.Choice(["immediate", "daily", "weekly"]),
+    default="immediate",
+    show_default=True,
+    help="Every alert at once, or a daily or weekly digest at the person's local morning.",
+)
+@click.option("--home-country", default=None, help="Where they live (ISO code): their variant, their zone.")
+@click.option("--time-zone", default=None, help="IANA time zone, e.g. Asia/Dhaka (default: their country's).")
+@click.option(
     "--unconfirmed", is_flag=True, help="Record the subscription as not yet confirmed (it gets no alerts)."
 )
 @_friendly
@@ -175,6 +184,9 @@ def subscribe(
     interests: tuple[str, ...],
     brands: tuple[str, ...],
     statuses: tuple[str, ...],
+    frequency: str,
+    home_country: str | None,
+    time_zone: str | None,
     unconfirmed: bool,
 ) -> None:
     """Subscribe a person (an operator's command: they are confirmed unless --unconfirmed)."""
@@ -191,6 +203,9 @@ def subscribe(
         "worldwide": worldwide,
         "interests": interests,
         "brands": brands,
+        "frequency": frequency,
+        "home_country": home_country,
+        "time_zone": time_zone,
         "confirmed": not unconfirmed,
         "created_at": datetime.now(UTC).isoformat(),
     }
