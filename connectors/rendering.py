@@ -486,9 +486,23 @@ def _action_context(action: ActionCall | None, language: str, chosen: str) -> di
     }
 
 
-@lru_cache(maxsize=4096)
+_why_cache: dict[tuple[object, ...], tuple[str, str]] = {}
+
+
 def _why(language: str, reason: MatchReason) -> tuple[str, str]:
-    # Many people share a reason (same country, same interest): render each once.
+    # Many people share a reason (same country, same interest): render each once. Keyed
+    # by the reason's values, not the model: comparing pydantic models on every cache hit
+    # cost as much as the rest of a person's slots.
+    key = (language, reason.worldwide, reason.region, reason.country, reason.interests, reason.brands)
+    found = _why_cache.get(key)
+    if found is None:
+        if len(_why_cache) >= 4096:
+            _why_cache.clear()
+        found = _why_cache[key] = _render_why(language, reason)
+    return found
+
+
+def _render_why(language: str, reason: MatchReason) -> tuple[str, str]:
     arguments = {
         "reason": reason,
         "reason_country": country_name(reason.country) if reason.country else None,

@@ -162,8 +162,14 @@ class Verdict:
     """Send nothing more in this batch (rate limited, or SendGrid unreachable)."""
 
 
-def _substitution_bytes(values: Mapping[str, str]) -> int:
-    return sum(len(key.encode()) + len(value.encode()) for key, value in values.items())
+def _fits_substitutions(values: Mapping[str, str]) -> bool:
+    """Whether ``values`` stay under SendGrid's limit on one personalization's substitutions."""
+    characters = sum(len(key) + len(value) for key, value in values.items())
+    if characters * 4 < MAX_SUBSTITUTION_BYTES:  # UTF-8 has at most 4 bytes per character
+        return True
+    return (
+        sum(len(key.encode()) + len(value.encode()) for key, value in values.items()) < MAX_SUBSTITUTION_BYTES
+    )
 
 
 def _address(email: str, name: str | None) -> dict[str, str]:
@@ -319,7 +325,7 @@ def plan_requests(
             except (jinja2.TemplateError, ValueError) as exc:
                 failed.append(_cannot_render(alert, exc))
                 continue
-            if _substitution_bytes(values) < MAX_SUBSTITUTION_BYTES:
+            if _fits_substitutions(values):
                 people.append((alert, values))
             else:
                 alone = shared.model_copy(
