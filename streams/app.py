@@ -288,11 +288,10 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
 
     @app.agent(alerts, name="deliver")
     async def _deliver(stream: Any) -> None:
-        # One alert batch at a time: the matcher made it a sink batch already, and faust
-        # commits a record only when its processing is done, so a batch held back to join
-        # another would hold back the commit of every record taken with it.
-        async for event in stream.events():
-            await delivery.process(event)
+        # One alert batch at a time (the matcher made it a sink batch already), acked by
+        # hand once recorded: the next record is read while the sink has this one.
+        async for event in stream.noack().events():
+            await delivery.take(event)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode types receivers as returning Awaitable, not Coroutine
     async def _load_shards(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,12 @@ __all__ = ["Delivery"]
 log = structlog.get_logger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    # Raised again by the next take(); said here too, in case no record comes after it.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("delivery.failed", task=task.get_name(), error=repr(task.exception()))
 
 
 @dataclass
@@ -72,7 +79,9 @@ class Delivery:
     dying between the sink's acceptance and that record: at most one alert batch (which
     the matcher cut to the sink batch size). Retryable failures are retried with backoff up to
     ``max_attempts``; permanent ones, and those that ran out of attempts, go to
-    dead-letters, one per alert. Nothing is dropped.
+    dead-letters, one per alert. Nothing is dropped. The worker's agent uses :meth:`take`,
+    which reads the next record while the sink has the current batch (one batch with the
+    sink at a time still), and acks each record once its outcomes are recorded.
 
     A batch whose ``release_at`` is still ahead (a wave) is not handed to the sink: it is
     kept in ``held`` (changelog-backed) and :meth:`release_due`, called by a timer, hands
@@ -120,6 +129,7 @@ class Delivery:
         self._sleep = sleep
         self.stage = f"delivery:{sink.name}"
         self._ready = False
+        self._inflight: asyncio.Task[None] | None = None
 
     async def _setup_once(self) -> None:
         # The sink is opened on first use, inside the worker's event loop, so that a
@@ -129,7 +139,9 @@ class Delivery:
             self._ready = True
 
     async def close(self) -> None:
-        """Close the sink if it was opened (its connections, its clients)."""
+        """Close the sink if it was opened (its connections, its clients), once its batch is recorded."""
+        with contextlib.suppress(Exception):  # reported by _report_failure; the sink closes anyway
+            await self.drain()
         if self._ready:
             self._ready = False
             await self._sink.close()
@@ -140,14 +152,50 @@ class Delivery:
 
         Or hold it, if its wave's time has not come; or cancel it, if its wave was called off.
         """
+        part = await self._prepare(event)
+        if part is not None:
+            await self._finish(part)
+
+    async def take(self, event: RawEvent) -> None:
+        """:meth:`process` as a pipeline, for an agent that acks by hand: ack ``event`` once done.
+
+        The record is read, checked against ``sent`` and made into alerts while the
+        previous batch is still with the sink; it is handed over only once that batch is
+        recorded, so one batch at most is ever with the sink and not recorded (the duplicate
+        window stays one batch). Records are acked in the order they came. A failure of the
+        previous batch is raised here, as :meth:`process` would have raised it.
+        """
+        part = await self._prepare(event)
+        previous, self._inflight = self._inflight, None
+        if previous is not None:
+            await previous
+        if part is None:
+            event.ack()
+            return
+
+        async def finish() -> None:
+            await self._finish(part)
+            event.ack()
+
+        self._inflight = asyncio.create_task(finish(), name=f"{self.stage}:{part.batch.batch_id}")
+        self._inflight.add_done_callback(_report_failure)
+
+    async def drain(self) -> None:
+        """Wait until the batch :meth:`take` handed over, if any, is recorded."""
+        previous, self._inflight = self._inflight, None
+        if previous is not None:
+            await previous
+
+    async def _prepare(self, event: RawEvent) -> _Part | None:
+        """The alerts of ``event`` to hand over; None if it was settled here (invalid, held, cancelled)."""
         await self._setup_once()
         batch = await self._dead_letters.read(AlertBatch, event, stage=self.stage)
         if batch is None:
-            return
+            return None
         if batch.wave_id is not None and batch.wave_id in self._cancelled:
             async with self._lock:
                 await self._cancel(self._part(event, batch))
-            return
+            return None
         waiting = batch.release_at is not None and self._clock() < batch.release_at.timestamp()
         # A batch everyone of which is in sent went out already: not held, recorded as duplicates.
         if waiting and batch.release_at and not all(r.alert_id in self._sent for r in batch.recipients):
@@ -161,9 +209,20 @@ class Delivery:
                 release_at=batch.release_at.isoformat(),
                 alerts=len(batch.recipients),
             )
-            return
+            return None
+        return self._part(event, batch)
+
+    async def _finish(self, part: _Part) -> None:
         async with self._lock:
-            await self._deliver(self._part(event, batch))
+            # Read again under the lock: the batch before may have sent one of these since.
+            kept = []
+            for alert in part.alerts:
+                if alert.alert_id in self._sent:
+                    part.outcomes.append((alert, DeliveryOutcome.DUPLICATE, 0, None, None))
+                else:
+                    kept.append(alert)
+            part.alerts = kept
+            await self._deliver(part)
 
     async def release_due(self) -> int:
         """Settle the held batches that are due at ``clock()``, or cancelled; return how many.

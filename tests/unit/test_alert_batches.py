@@ -111,3 +111,16 @@ def test_a_batch_too_large_for_one_record_is_cut_into_halves_that_fit() -> None:
         for (k, _), p in zip(records, parts, strict=True)
     )
     assert encode_batch(full, max_bytes=limit) == records  # the same cut every time
+
+
+def test_a_plain_batch_on_the_wire_has_no_field_a_worker_before_reminders_and_digests_would_refuse() -> None:
+    # Readers refuse unknown fields; during a rolling upgrade the workers of the version
+    # before must still read every batch that is neither a reminder nor a digest.
+    from streams.alerting import encode_batch
+
+    plain = batch("amina", "bilal")
+    ((_, value),) = encode_batch(plain)
+    assert not {"reminder", "digest", "digest_frequency"} & set(json.loads(value))
+    assert AlertBatch.model_validate_json(value) == plain
+    ((_, reminder),) = encode_batch(plain.model_copy(update={"reminder": True}))
+    assert json.loads(reminder)["reminder"] is True
