@@ -78,6 +78,10 @@ def test_health_ready_and_metrics_follow_the_worker(own_broker: EmbeddedBroker, 
         assert samples[("mobilise_delivery_latency_seconds_count", (("sink", "outbox"),))] == 3
         assert samples[("mobilise_match_seconds_count", ())] == pipeline.partitions
         assert samples[("mobilise_subscribers", ())] == 3
+        # Nothing held or waiting in this test, and the gauges say so.
+        for gauge in ("mobilise_held_alert_batches", "mobilise_held_alerts", "mobilise_digests_waiting"):
+            assert samples[(gauge, ())] == 0
+        assert samples[("mobilise_digests_sent_total", ())] == 0
         lags = {labels: value for (name, labels), value in samples.items() if name == "mobilise_consumer_lag"}
         assert lags and all(value == 0 for value in lags.values())
 
