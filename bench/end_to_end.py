@@ -36,6 +36,7 @@ Run: ``python bench/end_to_end.py [--matching 50000] [--others 50000] [--workers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -45,7 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,12 +85,22 @@ class LogState:
     ready: list[list[int]] = field(default_factory=list)
     indexed: set[str] = field(default_factory=set)
     last_indexed: float = 0.0
-    matched: dict[int, int] = field(default_factory=dict)
+    matched_by_event: dict[str, dict[int, int]] = field(default_factory=dict)
+    """``case_update.matched`` counts of each followed event id, per partition."""
     matched_times: list[float] = field(default_factory=list)
     delivered: int = 0
     first_delivered: float = float("inf")
     last_delivered: float = 0.0
     dead_lettered: int = 0
+
+    @property
+    def matched(self) -> dict[int, int]:
+        """``case_update.matched`` counts per partition, summed over the followed events."""
+        totals: dict[int, int] = {}
+        for counts in self.matched_by_event.values():
+            for partition, matched in counts.items():
+                totals[partition] = totals.get(partition, 0) + matched
+        return totals
 
 
 class Worker:
@@ -105,7 +116,17 @@ class Worker:
         self.state = LogState()
         self._offset = 0
         self._reader = open(log_path, "rb")  # noqa: SIM115  # closed in stop()
-        self.event_id: str | None = None
+        self.event_ids: set[str] = set()
+        """The case updates whose matching and delivery lines are counted."""
+
+    @property
+    def event_id(self) -> str | None:
+        """The one case update followed, if exactly one is."""
+        return next(iter(self.event_ids)) if len(self.event_ids) == 1 else None
+
+    @event_id.setter
+    def event_id(self, value: str | None) -> None:
+        self.event_ids = {value} if value else set()
 
     def follow(self) -> None:
         """Read the lines appended since the last call into ``state``."""
@@ -130,10 +151,10 @@ class Worker:
             state.last_indexed = log_time(line)
         elif name == "worker.ready":
             state.ready.append(line["partitions"])
-        elif self.event_id is None or line.get("event_id") != self.event_id:
+        elif line.get("event_id") not in self.event_ids:
             return
         elif name == "case_update.matched":
-            state.matched[line["partition"]] = line["matched"]
+            state.matched_by_event.setdefault(line["event_id"], {})[line["partition"]] = line["matched"]
             state.matched_times.append(log_time(line))
         elif name == "alerts.delivered":
             state.delivered += line.get("accepted", 0)
@@ -279,160 +300,235 @@ class Result:
         return "| figure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-def run(args: argparse.Namespace, work: Path) -> Result:
-    deadline = time.monotonic() + args.timeout
+@dataclass
+class Pipeline:
+    """The embedded broker with the pipeline's topics, and workers that own every partition."""
+
+    broker: EmbeddedBroker
+    names: TopicNames
+    partitions: int
+    outbox: Path
+    workers: list[Worker]
+
+    @property
+    def bootstrap(self) -> list[str]:
+        return [self.broker.bootstrap]
+
+    def cpu(self) -> tuple[list[float], float]:
+        """CPU seconds used so far by each worker and by the broker (0 if it has no pid)."""
+        broker_pid = self.broker._process.pid if self.broker._process else None  # private: the broker's pid
+        return [cpu_seconds(w.process.pid) for w in self.workers], cpu_seconds(
+            broker_pid
+        ) if broker_pid else 0.0
+
+
+@contextlib.contextmanager
+def pipeline(
+    work: Path, *, partitions: int, workers: int, batch_size: int, outbox_root: Path | None, deadline: float
+) -> Iterator[Pipeline]:
+    """Start the broker, create the topics, start ``workers`` workers; stop them all on exit."""
     broker = EmbeddedBroker(log_path=work / "tansu.log")
-    workers: list[Worker] = []
-    spies: list[subprocess.Popen[bytes]] = []
+    started: list[Worker] = []
     try:
         broker.start()
-        bootstrap = [broker.bootstrap]
         run_id = uuid.uuid4().hex[:8]
         names = TopicNames(prefix=f"bench-{run_id}-")
-        create_topics(bootstrap, topic_specs(names, args.partitions), 1)
-        outbox = (args.outbox_root or work) / "outbox"
+        create_topics([broker.bootstrap], topic_specs(names, partitions), 1)
+        outbox = (outbox_root or work) / "outbox"
         env = dict(os.environ)
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
             MOBILISE_APP_ID=f"bench-{run_id}",
             MOBILISE_TOPIC_PREFIX=names.prefix,
-            MOBILISE_PARTITIONS=str(args.partitions),
+            MOBILISE_PARTITIONS=str(partitions),
             MOBILISE_OUTBOX_DIR=str(outbox),
             MOBILISE_DATA_DIR=str(work / "data"),
             MOBILISE_LOG_FORMAT="json",
             MOBILISE_LOG_LEVEL="info",
-            MOBILISE_DELIVERY_BATCH_SIZE=str(args.batch_size),
+            MOBILISE_DELIVERY_BATCH_SIZE=str(batch_size),
             MOBILISE_SINK="outbox",
         )
-        for n in range(args.workers):
-            workers.append(Worker(env, work / f"worker-{n}.log"))
+        for n in range(workers):
+            started.append(Worker(env, work / f"worker-{n}.log"))
 
         def covered() -> bool:
-            if not all(w.state.ready for w in workers):
+            if not all(w.state.ready for w in started):
                 return False
-            owned = sorted(p for w in workers for p in w.state.ready[-1])
-            return owned == list(range(args.partitions))
+            owned = sorted(p for w in started for p in w.state.ready[-1])
+            return owned == list(range(partitions))
 
-        wait_until("the workers to own every partition", covered, workers, deadline)
-        print(f"workers ready: {[w.state.ready[-1] for w in workers]}", file=sys.stderr)
-
-        people = subscriptions(args.matching, args.others)
-        ids = {s.subscriber_id for s in people}
-        started = time.time()
-        publish(
-            bootstrap, names.subscriptions, [(s.subscriber_id, s.model_dump_json().encode()) for s in people]
-        )
-        published = time.time()
-        print(f"published {len(people):,} subscriptions in {published - started:.1f} s", file=sys.stderr)
-        wait_until(
-            f"{len(ids):,} subscriptions to be indexed",
-            lambda: len(set().union(*(w.state.indexed for w in workers)) & ids) == len(ids),
-            workers,
-            deadline,
-        )
-        indexed_at = max(w.state.last_indexed for w in workers)
-        print(f"indexed after {indexed_at - started:.1f} s", file=sys.stderr)
-        time.sleep(1.0)  # let the last table writes and commits settle
-
-        update = the_update()
-        for w in workers:
-            w.event_id = update.event_id
-        if args.py_spy:
-            args.py_spy.mkdir(parents=True, exist_ok=True)
-            for n, w in enumerate(workers):
-                spies.append(
-                    subprocess.Popen(
-                        [
-                            str(Path(sys.executable).with_name("py-spy")),
-                            "record",
-                            "--pid",
-                            str(w.process.pid),
-                            "--rate",
-                            "200",
-                            "--format",
-                            "raw",
-                            "--output",
-                            str(args.py_spy / f"worker-{n}.txt"),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
-            time.sleep(1.0)  # py-spy attaches
-        broker_pid = broker._process.pid if broker._process else None  # private: the broker's pid
-        cpu_before = [cpu_seconds(w.process.pid) for w in workers]
-        broker_before = cpu_seconds(broker_pid) if broker_pid else 0.0
-        t0 = time.time()
-        publish(bootstrap, names.case_updates, [(update.case_id, update.model_dump_json().encode())])
-        acked = time.time()
-
-        def matched_everywhere() -> bool:
-            parts = [p for w in workers for p in w.state.matched]
-            return sorted(parts) == list(range(args.partitions))
-
-        wait_until("the update to be matched on every partition", matched_everywhere, workers, deadline)
-        matched = sum(v for w in workers for v in w.state.matched.values())
-        if matched != args.matching:
-            raise BenchError(f"case_update.matched adds up to {matched:,}, expected {args.matching:,}")
-        eml_at = 0.0
-
-        def all_delivered() -> bool:
-            nonlocal eml_at
-            if not eml_at and count_eml(outbox) >= args.matching:
-                eml_at = time.time()
-            delivered = sum(w.state.delivered for w in workers)
-            dead = sum(w.state.dead_lettered for w in workers)
-            if dead:
-                raise BenchError(f"{dead} alerts were dead-lettered")
-            return delivered >= args.matching and bool(eml_at)
-
-        wait_until(f"{args.matching:,} alerts to be delivered", all_delivered, workers, deadline)
-        worker_cpu = [cpu_seconds(w.process.pid) - b for w, b in zip(workers, cpu_before, strict=True)]
-        broker_cpu = (cpu_seconds(broker_pid) - broker_before) if broker_pid else 0.0
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)
-        for spy in spies:
-            spy.wait(timeout=60)
-        time.sleep(2.0)  # grace: a duplicate delivery would show up as an extra file or line
-        for w in workers:
-            w.follow()
-        with consumer(bootstrap) as reader:
-            records = read_topic(reader, names.deliveries, timeout=300)
-        accepted = [
-            d.alert_id
-            for r in records
-            if (d := DeliveryEvent.model_validate_json(r.value or b"null")).outcome == "accepted"
-        ]
-        files = count_eml(outbox)
-        if len(accepted) != args.matching or len(set(accepted)) != args.matching or files != args.matching:
-            raise BenchError(
-                f"{len(accepted):,} accepted delivery records ({len(set(accepted)):,} alert ids) and "
-                f"{files:,} .eml files, expected exactly {args.matching:,}"
-            )
-        return Result(
-            workers=args.workers,
-            partitions=args.partitions,
-            matching=args.matching,
-            subscribers=len(people),
-            publish_subscriptions_s=published - started,
-            indexing_s=indexed_at - started,
-            publish_update_s=acked - t0,
-            last_matched_s=max(t for w in workers for t in w.state.matched_times) - t0,
-            first_delivered_s=min(w.state.first_delivered for w in workers) - t0,
-            last_delivered_s=max(w.state.last_delivered for w in workers) - t0,
-            eml_complete_s=eml_at - t0,
-            eml_files=files,
-            worker_cpu_s=worker_cpu,
-            broker_cpu_s=broker_cpu,
-        )
+        wait_until("the workers to own every partition", covered, started, deadline)
+        print(f"workers ready: {[w.state.ready[-1] for w in started]}", file=sys.stderr)
+        yield Pipeline(broker, names, partitions, outbox, started)
     finally:
-        for spy in spies:
-            if spy.poll() is None:
-                spy.kill()
-                spy.wait(timeout=10)
-        for w in workers:
+        for w in started:
             w.stop()
         broker.stop()
+
+
+def index_subscriptions(
+    p: Pipeline, ids: set[str], records: Iterable[tuple[str, bytes]], deadline: float
+) -> tuple[float, float]:
+    """Publish the subscription ``records`` and wait until each of ``ids`` is indexed.
+
+    Returns the seconds the publish took and the seconds from its start to the last
+    ``subscription.indexed`` line.
+    """
+    started = time.time()
+    publish(p.bootstrap, p.names.subscriptions, records)
+    published = time.time()
+    print(f"published {len(ids):,} subscriptions in {published - started:.1f} s", file=sys.stderr)
+
+    def indexed() -> bool:
+        if sum(len(w.state.indexed) for w in p.workers) < len(ids):
+            return False  # cheap: the exact check below costs a set union
+        return len(set().union(*(w.state.indexed for w in p.workers)) & ids) == len(ids)
+
+    wait_until(f"{len(ids):,} subscriptions to be indexed", indexed, p.workers, deadline)
+    indexed_at = max(w.state.last_indexed for w in p.workers)
+    print(f"indexed after {indexed_at - started:.1f} s", file=sys.stderr)
+    time.sleep(1.0)  # let the last table writes and commits settle
+    return published - started, indexed_at - started
+
+
+def wait_matched(p: Pipeline, event_ids: Iterable[str], deadline: float) -> int:
+    """Wait until each of ``event_ids`` is matched on every partition; return the alerts matched."""
+    wanted = {(e, part) for e in event_ids for part in range(p.partitions)}
+
+    def matched_everywhere() -> bool:
+        seen = [
+            (e, part) for w in p.workers for e, counts in w.state.matched_by_event.items() for part in counts
+        ]
+        return len(seen) == len(wanted) and set(seen) == wanted
+
+    what = "the update" if len(wanted) == p.partitions else f"{len(wanted) // p.partitions} updates"
+    wait_until(f"{what} to be matched on every partition", matched_everywhere, p.workers, deadline)
+    return sum(n for w in p.workers for counts in w.state.matched_by_event.values() for n in counts.values())
+
+
+def wait_delivered(p: Pipeline, expected: int, deadline: float, *, poll_outbox: bool = True) -> float:
+    """Wait until the workers logged ``expected`` accepted alerts (and, with ``poll_outbox``,
+    the outbox holds as many files); return when the outbox was seen complete (0 without)."""
+    eml_at = 0.0
+
+    def all_delivered() -> bool:
+        nonlocal eml_at
+        if poll_outbox and not eml_at and count_eml(p.outbox) >= expected:
+            eml_at = time.time()
+        delivered = sum(w.state.delivered for w in p.workers)
+        dead = sum(w.state.dead_lettered for w in p.workers)
+        if dead:
+            raise BenchError(f"{dead} alerts were dead-lettered")
+        return delivered >= expected and (bool(eml_at) or not poll_outbox)
+
+    wait_until(f"{expected:,} alerts to be delivered", all_delivered, p.workers, deadline)
+    return eml_at
+
+
+def verify_deliveries(p: Pipeline, expected: int, timeout: float = 300) -> int:
+    """After a grace period, check that the deliveries topic holds exactly ``expected``
+    accepted records with distinct alert ids and the outbox as many files; return the files."""
+    time.sleep(2.0)  # grace: a duplicate delivery would show up as an extra file or line
+    for w in p.workers:
+        w.follow()
+    with consumer(p.bootstrap) as reader:
+        records = read_topic(reader, p.names.deliveries, timeout=timeout)
+    accepted = [
+        d.alert_id
+        for r in records
+        if (d := DeliveryEvent.model_validate_json(r.value or b"null")).outcome == "accepted"
+    ]
+    files = count_eml(p.outbox)
+    if len(accepted) != expected or len(set(accepted)) != expected or files != expected:
+        raise BenchError(
+            f"{len(accepted):,} accepted delivery records ({len(set(accepted)):,} alert ids) and "
+            f"{files:,} .eml files, expected exactly {expected:,}"
+        )
+    return files
+
+
+def run(args: argparse.Namespace, work: Path) -> Result:
+    deadline = time.monotonic() + args.timeout
+    spies: list[subprocess.Popen[bytes]] = []
+    with pipeline(
+        work,
+        partitions=args.partitions,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        outbox_root=args.outbox_root,
+        deadline=deadline,
+    ) as p:
+        try:
+            workers = p.workers
+            people = subscriptions(args.matching, args.others)
+            publish_s, indexing_s = index_subscriptions(
+                p,
+                {s.subscriber_id for s in people},
+                ((s.subscriber_id, s.model_dump_json().encode()) for s in people),
+                deadline,
+            )
+
+            update = the_update()
+            for w in workers:
+                w.event_id = update.event_id
+            if args.py_spy:
+                args.py_spy.mkdir(parents=True, exist_ok=True)
+                for n, w in enumerate(workers):
+                    spies.append(
+                        subprocess.Popen(
+                            [
+                                str(Path(sys.executable).with_name("py-spy")),
+                                "record",
+                                "--pid",
+                                str(w.process.pid),
+                                "--rate",
+                                "200",
+                                "--format",
+                                "raw",
+                                "--output",
+                                str(args.py_spy / f"worker-{n}.txt"),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                    )
+                time.sleep(1.0)  # py-spy attaches
+            cpu_before, broker_before = p.cpu()
+            t0 = time.time()
+            publish(p.bootstrap, p.names.case_updates, [(update.case_id, update.model_dump_json().encode())])
+            acked = time.time()
+
+            matched = wait_matched(p, [update.event_id], deadline)
+            if matched != args.matching:
+                raise BenchError(f"case_update.matched adds up to {matched:,}, expected {args.matching:,}")
+            eml_at = wait_delivered(p, args.matching, deadline)
+            cpu_after, broker_after = p.cpu()
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                spy.wait(timeout=60)
+            files = verify_deliveries(p, args.matching)
+            return Result(
+                workers=args.workers,
+                partitions=args.partitions,
+                matching=args.matching,
+                subscribers=len(people),
+                publish_subscriptions_s=publish_s,
+                indexing_s=indexing_s,
+                publish_update_s=acked - t0,
+                last_matched_s=max(t for w in workers for t in w.state.matched_times) - t0,
+                first_delivered_s=min(w.state.first_delivered for w in workers) - t0,
+                last_delivered_s=max(w.state.last_delivered for w in workers) - t0,
+                eml_complete_s=eml_at - t0,
+                eml_files=files,
+                worker_cpu_s=[a - b for a, b in zip(cpu_after, cpu_before, strict=True)],
+                broker_cpu_s=broker_after - broker_before,
+            )
+        finally:
+            for spy in spies:
+                if spy.poll() is None:
+                    spy.kill()
+                    spy.wait(timeout=10)
 
 
 def main() -> None:
