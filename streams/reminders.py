@@ -18,7 +18,7 @@ else gets a ``cancelled`` delivery event saying why.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas import (
@@ -88,6 +88,11 @@ def _key(case_id: str, partition: int) -> str:
     return f"{case_id}@{partition}"
 
 
+def _instant(at: datetime) -> str:
+    # In UTC, so that comparing the strings compares the instants, whatever offsets were given.
+    return at.astimezone(UTC).isoformat()
+
+
 class CaseStatuses:
     """The latest status of every case, as seen on each partition (every update reaches all).
 
@@ -104,12 +109,12 @@ class CaseStatuses:
         key = _key(case.case_id, partition)
         with on_partition(partition):
             known = self._table.get(key)
-            if isinstance(known, dict) and known.get("occurred_at", "") > case.occurred_at.isoformat():
+            if isinstance(known, dict) and known.get("occurred_at", "") > _instant(case.occurred_at):
                 return
             self._table[key] = {
                 "partition": partition,
                 "status": case.status.value,
-                "occurred_at": case.occurred_at.isoformat(),
+                "occurred_at": _instant(case.occurred_at),
                 "event_id": event_id,
             }
 
@@ -148,7 +153,7 @@ class ReminderScreen:
         if (
             latest is not None
             and latest.get("status") in {s.value for s in CLOSING_STATUSES}
-            and latest.get("occurred_at", "") >= batch.case.occurred_at.isoformat()
+            and latest.get("occurred_at", "") >= _instant(batch.case.occurred_at)
         ):
             return f"no reminder: the case is {latest['status']} since"
         return None

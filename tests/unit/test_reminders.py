@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -197,3 +197,15 @@ def test_the_reminder_email_says_it_is_one() -> None:
     )
     assert email.subject == "Reminder — URGENT ACTION: Union leaders fired"
     assert "the deadline for this action is close" in email.text and "Email the CEO." in email.text
+
+
+def test_a_win_published_with_another_utc_offset_still_calls_the_reminders_off() -> None:
+    # The call says 17:00+06:00 (11:00 UTC), the win 12:00 UTC, an hour later; compared as
+    # strings with their own offsets the win would look older than the call.
+    world = Partition(FORGETS, now=T0)
+    world.match(update(occurred_at=datetime(2026, 3, 10, 17, 0, tzinfo=timezone(timedelta(hours=6)))))
+    world.deliver()
+    world.match(update("remedy_won", occurred_at=datetime(2026, 3, 10, 12, 0, tzinfo=UTC)))
+    world.now = REMIND.timestamp()
+    world.deliver()
+    assert [a.reminder for a in world.received()] == [False, False]
