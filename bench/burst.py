@@ -14,12 +14,12 @@ What is measured, and how (the machinery is ``bench/end_to_end.py``'s, imported)
    first it waits (up to ``--idle-wait`` seconds, polling every 10 s) until no ``pytest``
    process runs (``pgrep -f pytest``: the machine is shared); then, as ``end_to_end.py``
    does, an embedded Tansu broker, topics with a unique prefix (``--partitions``), the
-   workers with the outbox sink (under ``--outbox-parent``, ``/dev/shm`` by default) and
-   JSON logs at info; every subscription is published with the batched producer and
-   awaited until the workers logged ``subscription.indexed`` for it ("indexing", not the
-   measured phase). It waits for an idle machine again, then publishes the updates in one
-   call (one producer, all records sent before any acknowledgement is awaited): **t0** is
-   just before that call.
+   workers with the outbox sink (under ``--outbox-parent``: the temporary directory, on
+   disk, by default; ``/dev/shm`` for memory) and JSON logs at info; every subscription is
+   published with the batched producer and awaited until the workers logged
+   ``subscription.indexed`` for it ("indexing", not the measured phase). It waits for an
+   idle machine again, then publishes the updates in one call (one producer, all records
+   sent before any acknowledgement is awaited): **t0** is just before that call.
 4. Read from the workers' log timestamps: ``case_update.matched`` (one per update and
    partition) and ``alerts.delivered`` (one per alert batch, after its ``.eml`` files are
    written and flushed and its delivery records acknowledged). Reported: t0 → last
@@ -39,8 +39,9 @@ the run fails, rather than let the machine run out. Before the run and again bef
 burst it fails early if an estimate does not fit: about 4 KiB per subscription and 2.5 KiB
 per alert in the broker and the workers, plus 5 KiB per ``.eml`` file on tmpfs (a 4 KiB page
 and the inode). 1,000,000 subscriptions and their 2.6 million alerts do not fit with the
-outbox on tmpfs in 24 GiB: use a disk (``--outbox-parent /tmp``). With two or more
-``--workers`` values the last table gives the ratio of the means (N workers over 1 worker).
+outbox on tmpfs in 24 GiB, hence the disk by default. Each run's table is printed when
+it ends; with two or more ``--workers`` values a last table has them all and the ratio of
+the means (N workers over 1 worker). SIGTERM stops the workers and the broker too.
 
 Run: ``python bench/burst.py [--subscribers 1000000] [--updates 100] [--workers 1 2]``.
 """
@@ -467,7 +468,9 @@ def main() -> None:
         help="count the expected alerts with an in-process SubscriberIndex",
     )
     parser.add_argument(
-        "--outbox-parent", type=Path, default=Path("/dev/shm"), help="where the outbox directory goes"
+        "--outbox-parent",
+        type=Path,
+        help="where the outbox directory goes (default: the temporary directory; /dev/shm for memory)",
     )
     parser.add_argument("--idle-wait", type=float, default=600.0, help="longest wait for no pytest, seconds")
     parser.add_argument("--min-available-gib", type=float, default=3.0, help="stop the run below this")
