@@ -127,6 +127,16 @@ class Sink(Connector[ConfigT], Generic[ConfigT, RecordT]):
 
         return record_id(record)
 
+    async def prepare(self, records: Sequence[RecordT]) -> None:  # optional hook, empty by default
+        """Begin what delivering ``records`` takes that has no effect outside: rendering, encoding.
+
+        Called with the next batch while the batch before is still in :meth:`deliver`, so
+        that this work overlaps the waiting on the destination; a :meth:`deliver` of the
+        same records then uses it (:class:`connectors.lookahead.Lookahead`). Return at
+        once. Nothing may be sent, written or recorded here: the batch may never be
+        delivered, or be delivered in part.
+        """
+
     @abstractmethod
     async def deliver(self, records: Sequence[RecordT]) -> Sequence[SinkOutcome]:
         """Deliver a batch and say what became of each record, in any order.

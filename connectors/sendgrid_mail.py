@@ -34,6 +34,7 @@ from schemas import Alert, PublicCase
 
 from .base import Sink, SinkOutcome
 from .email_config import EmailSinkConfig
+from .lookahead import Lookahead, alert_ids
 from .rendering import (
     ONE_CLICK,
     EmailIdentity,
@@ -462,6 +463,7 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
         self._bucket = TokenBucket(config.sendgrid_max_requests_per_second)
         self._identity = config.identity()
         self._client: sendgrid.SendGridAPIClient | None = None
+        self._ahead: Lookahead[tuple[list[tuple[MailRequest, str]], list[SinkOutcome]]] = Lookahead()
 
     async def setup(self) -> None:
         """Create the ``sendgrid`` library's client, pointed at ``MOBILISE_SENDGRID_HOST``."""
@@ -489,19 +491,19 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
     async def close(self) -> None:
         """Forget the client (the library opens a connection per request; none stays open)."""
         self._client = None
+        self._ahead.discard()
+
+    async def prepare(self, alerts: Sequence[Alert]) -> None:
+        """Plan the next batch's requests in a thread while the current one is being sent."""
+        self._ahead.start(alert_ids(alerts), lambda: self._plan(alerts))
 
     async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
         """Send the batch as few requests as the limits allow; one outcome per alert."""
         if not alerts:
             return []
-        requests, outcomes = await asyncio.to_thread(
-            plan_requests,
-            alerts,
-            self._identity,
-            sandbox=self.config.sendgrid_sandbox,
-        )
+        requests, outcomes = await self._ahead.take(alert_ids(alerts), lambda: self._plan(alerts))
         halted: Verdict | None = None
-        for request in requests:
+        for request, encoded in requests:
             if halted is not None:
                 outcomes.extend(
                     SinkOutcome(
@@ -514,13 +516,21 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
                     for alert_id in request.alert_ids
                 )
                 continue
-            verdict = await self._send(request)
+            verdict = await self._send(request, encoded)
             outcomes.extend(_outcomes(request, verdict))
             if verdict.halt:
                 halted = verdict
         return outcomes
 
-    async def _send(self, request: MailRequest) -> Verdict:
+    async def _plan(self, alerts: Sequence[Alert]) -> tuple[list[tuple[MailRequest, str]], list[SinkOutcome]]:
+        return await asyncio.to_thread(self._planned, alerts)
+
+    def _planned(self, alerts: Sequence[Alert]) -> tuple[list[tuple[MailRequest, str]], list[SinkOutcome]]:
+        """The requests of ``alerts``, each with its body already JSON, so that encoding is prepared too."""
+        requests, outcomes = plan_requests(alerts, self._identity, sandbox=self.config.sendgrid_sandbox)
+        return [(request, json.dumps(request.body)) for request in requests], outcomes
+
+    async def _send(self, request: MailRequest, encoded: str) -> Verdict:
         if self._client is None:
             raise RuntimeError("SendGridSink.deliver() was called before setup()")
         wait = self._bucket.reserve(self._clock())
@@ -529,22 +539,28 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
         try:
             # The library is synchronous (urllib): the request runs in a thread so the
             # worker's event loop keeps serving Kafka meanwhile.
-            status, headers, body = await asyncio.to_thread(self._post, self._client, request.body)
+            status, headers, body = await asyncio.to_thread(self._post, self._client, encoded)
             verdict = judge_response(status, headers, body, now=self._wall_clock())
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             verdict = Verdict(kind="retryable", error=f"no answer from SendGrid: {exc!r}", halt=True)
         _log(request, verdict)
         return verdict
 
-    def _post(
-        self, client: sendgrid.SendGridAPIClient, body: dict[str, Any]
-    ) -> tuple[int, Mapping[str, str], str]:
-        """POST /v3/mail/send; the status, headers and body of the answer, whatever it is."""
+    def _post(self, client: sendgrid.SendGridAPIClient, body: str) -> tuple[int, Mapping[str, str], str]:
+        """POST /v3/mail/send with a JSON ``body``; the status, headers and body of the answer."""
         try:
-            response = client.client.mail.send.post(request_body=body, timeout=self.config.sendgrid_timeout)
+            # The library sends a str as it is when the content type is not exactly
+            # "application/json" (which it would encode again): the body was encoded while
+            # the batch before was being sent.
+            response = client.client.mail.send.post(
+                request_body=body, request_headers=_JSON_CONTENT, timeout=self.config.sendgrid_timeout
+            )
         except http_errors.HTTPError as exc:  # every non-2xx answer
             return exc.status_code, exc.headers, _text(exc.body)
         return response.status_code, response.headers, _text(response.body)
+
+
+_JSON_CONTENT = {"Content-Type": "application/json; charset=utf-8"}
 
 
 def _text(body: bytes | str | None) -> str:

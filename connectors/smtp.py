@@ -26,6 +26,7 @@ from schemas import Alert
 
 from .base import Sink, SinkOutcome
 from .email_config import EmailSinkConfig
+from .lookahead import Lookahead, alert_ids
 from .mime import alert_message
 
 __all__ = ["SmtpConfig", "SmtpSink"]
@@ -128,6 +129,7 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
         self._ready = False
         # One connection carries one transaction at a time.
         self._lock = asyncio.Lock()
+        self._ahead: Lookahead[list[tuple[Alert, EmailMessage | SinkOutcome]]] = Lookahead()
 
     async def setup(self) -> None:
         """Load the CA bundle; connect lazily, on the first batch.
@@ -155,8 +157,14 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
 
     async def close(self) -> None:
         """Say QUIT and close the connection, if one is open."""
+        self._ahead.discard()
         async with self._lock:
             await self._disconnect(reason="closing")
+
+    async def prepare(self, alerts: Sequence[Alert]) -> None:
+        """Render the next batch's messages in a thread while the current one is being sent."""
+        unique = list({alert.alert_id: alert for alert in alerts}.values())
+        self._ahead.start(alert_ids(unique), lambda: asyncio.to_thread(self._render_all, unique))
 
     async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
         """Send each alert of the batch as its own message; one outcome per alert id.
@@ -172,7 +180,9 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
         if not unique:
             return []
         # Rendering is CPU work: keep it off the event loop that also serves Kafka.
-        rendered = await asyncio.to_thread(self._render_all, unique)
+        rendered = await self._ahead.take(
+            alert_ids(unique), lambda: asyncio.to_thread(self._render_all, unique)
+        )
         async with self._lock:
             return await self._send_all(rendered)
 

@@ -47,6 +47,10 @@ class Settings(LinkSettings):
     """Replication factor of created topics (3 on a production cluster)."""
     sink: str = "outbox"
     """Name of the sink connector that delivers alerts."""
+    sink_process: bool = False
+    """Run the sink in a process of its own: rendering and sending then use another core
+    while the worker matches, reads and records (about twice the emails per second on two
+    cores; see bench/RESULTS.md). The guarantees are the same; worth it with two cores or more."""
     connectors_file: Path | None = None
     """A connectors file (see ``mobilise connectors check``) whose connectors the worker runs too."""
     delivery_batch_size: int = Field(default=1000, ge=1, le=10_000)

@@ -130,6 +130,9 @@ class Delivery:
         self.stage = f"delivery:{sink.name}"
         self._ready = False
         self._inflight: asyncio.Task[None] | None = None
+        self._tails: set[asyncio.Task[None]] = set()
+        """Batches whose sent ids are recorded and whose delivery records are being written."""
+        self._failed_tail: BaseException | None = None
 
     async def _setup_once(self) -> None:
         # The sink is opened on first use, inside the worker's event loop, so that a
@@ -159,32 +162,61 @@ class Delivery:
     async def take(self, event: RawEvent) -> None:
         """:meth:`process` as a pipeline, for an agent that acks by hand: ack ``event`` once done.
 
-        The record is read, checked against ``sent`` and made into alerts while the
+        The record is read, checked against ``sent``, made into alerts and given to the
+        sink's :meth:`~connectors.base.Sink.prepare` (rendering, encoding) while the
         previous batch is still with the sink; it is handed over only once that batch is
         recorded, so one batch at most is ever with the sink and not recorded (the duplicate
         window stays one batch). Records are acked in the order they came. A failure of the
         previous batch is raised here, as :meth:`process` would have raised it.
         """
         part = await self._prepare(event)
+        if part is not None and part.alerts:
+            # Rendering and encoding of this batch overlap the sending of the one before.
+            await self._sink.prepare(part.alerts)
         previous, self._inflight = self._inflight, None
         if previous is not None:
             await previous
+        self._raise_failed_tail()
         if part is None:
             event.ack()
             return
 
-        async def finish() -> None:
-            await self._finish(part)
+        async def publish() -> None:
+            await self._publish(part)
             event.ack()
+
+        async def finish() -> None:
+            if await self._finish(part, publish=False):
+                # The sent ids are recorded: the next batch may go to the sink while this
+                # one's delivery records are written and acknowledged.
+                tail = asyncio.create_task(publish(), name=f"{self.stage}:{part.batch.batch_id}:records")
+                self._tails.add(tail)
+                tail.add_done_callback(self._tail_done)
+            else:
+                event.ack()
 
         self._inflight = asyncio.create_task(finish(), name=f"{self.stage}:{part.batch.batch_id}")
         self._inflight.add_done_callback(_report_failure)
 
+    def _tail_done(self, task: asyncio.Task[None]) -> None:
+        self._tails.discard(task)
+        _report_failure(task)
+        if not task.cancelled() and task.exception() is not None and self._failed_tail is None:
+            self._failed_tail = task.exception()
+
+    def _raise_failed_tail(self) -> None:
+        failed, self._failed_tail = self._failed_tail, None
+        if failed is not None:
+            raise failed
+
     async def drain(self) -> None:
-        """Wait until the batch :meth:`take` handed over, if any, is recorded."""
+        """Wait until the batch :meth:`take` handed over, if any, is recorded, with its delivery records."""
         previous, self._inflight = self._inflight, None
         if previous is not None:
             await previous
+        while self._tails:
+            await asyncio.gather(*self._tails, return_exceptions=True)
+        self._raise_failed_tail()
 
     async def _prepare(self, event: RawEvent) -> _Part | None:
         """The alerts of ``event`` to hand over; None if it was settled here (invalid, held, cancelled)."""
@@ -212,7 +244,12 @@ class Delivery:
             return None
         return self._part(event, batch)
 
-    async def _finish(self, part: _Part) -> None:
+    async def _finish(self, part: _Part, *, publish: bool = True) -> bool:
+        """Deliver ``part`` and record it.
+
+        With ``publish`` False only the sent ids are recorded; True is returned when the
+        delivery records are still to be written (:meth:`_publish`), which the caller does.
+        """
         async with self._lock:
             # Read again under the lock: the batch before may have sent one of these since.
             kept = []
@@ -222,7 +259,7 @@ class Delivery:
                 else:
                     kept.append(alert)
             part.alerts = kept
-            await self._deliver(part)
+            return await self._deliver(part, publish=publish)
 
     async def release_due(self) -> int:
         """Settle the held batches that are due at ``clock()``, or cancelled; return how many.
@@ -297,11 +334,12 @@ class Delivery:
         part.alerts = kept
         return None
 
-    async def _deliver(self, part: _Part) -> None:
+    async def _deliver(self, part: _Part, *, publish: bool = True) -> bool:
+        """Hand ``part`` to the sink and record the outcomes (see :meth:`_finish` for ``publish``)."""
         whole = self._screened(part)
         if whole is not None:
             await self._cancel(part, whole)
-            return
+            return False
 
         def count_retries(records: int) -> None:
             self._metrics.deliveries.labels(self._sink.name, "failed").inc(records)
@@ -321,14 +359,26 @@ class Delivery:
                 part.outcomes.append(
                     (done.record, DeliveryOutcome.DEAD_LETTERED, done.attempts, None, done.error)
                 )
+        if not publish:
+            self._record_sent(part)
+            return True
         await self._record(part)
+        return False
 
     async def _record(self, part: _Part) -> None:
         """Record what became of ``part``'s alerts: sent ids, dead letters, delivery events."""
+        self._record_sent(part)
+        await self._publish(part)
+
+    def _record_sent(self, part: _Part) -> None:
+        """Add the alerts of ``part`` the sink took to ``sent``: never handed over again from now on."""
         # Cancelled alerts stay out of sent: nothing was sent, and a replay is cancelled again.
         unsent = (DeliveryOutcome.DEAD_LETTERED, DeliveryOutcome.CANCELLED)
         accepted = [a.alert_id for a, kind, *_ in part.outcomes if kind not in unsent]
         self._sent.record(part.batch.batch_id, part.partition, accepted, self._sink.name)
+
+    async def _publish(self, part: _Part) -> None:
+        """Write ``part``'s dead letters and delivery events, and wait until the broker has them."""
         for alert, kind, _, _, detail in part.outcomes:
             if kind is DeliveryOutcome.DEAD_LETTERED:
                 # One dead letter per person, keyed by the subscriber and holding a batch of

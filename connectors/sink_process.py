@@ -1,0 +1,346 @@
+"""An email sink run in a process of its own, so that rendering and sending use another core.
+
+A worker is one Python process, and one Python process computes on one core at a time:
+with the sink in it, matching, reading alert batches, recording outcomes, rendering every
+email and encoding every request share that core. :class:`SinkProcess` starts the sink in a
+child process (``MOBILISE_SINK_PROCESS``) and hands it each batch over a pipe: the alerts
+as one :class:`schemas.AlertBatch` JSON (the case written once), and back one tuple per
+alert. The worker goes on reading and recording batches meanwhile, and the delivery stage
+still hands over one batch at a time, so its never-twice guarantee is unchanged.
+
+If the child dies, the batch it had is reported as a retryable failure (its outcome is
+unknown: the same one-batch window as a worker dying), and the next batch starts a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import threading
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import structlog
+
+from mobilise.errors import ConfigurationError, RetryableError
+from mobilise.interpreter import tune_interpreter
+from mobilise.logs import configure_logging
+from schemas import Alert, AlertBatch, Recipient
+from schemas._base import trusted
+
+from .base import Sink, SinkConfig, SinkOutcome
+from .lookahead import alert_ids
+
+__all__ = ["SinkProcess", "SinkProcessError", "in_a_process"]
+
+log = structlog.get_logger(__name__)
+
+_READY_TIMEOUT = 60.0
+"""Seconds a child has to import the sink and run its ``setup``."""
+_CLOSE_TIMEOUT = 10.0
+"""Seconds a child has to close its sink before it is terminated."""
+
+_SHARED = (
+    "event_id",
+    "language",
+    "case",
+    "follow_up",
+    "reminder",
+    "digest",
+    "digest_frequency",
+    "created_at",
+)
+"""The fields of an alert that every alert of one alert batch shares."""
+
+_Outcome = tuple[str, bool, str | None, bool, bool, float | None, str | None]
+"""(record_id, accepted, provider_message_id, duplicate, retryable, retry_after, error)."""
+
+
+class SinkProcessError(RuntimeError):
+    """The sink failed in its process for a reason that is not temporary; the message says which."""
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What a child needs to build the sink: its class, its settings and the log settings."""
+
+    sink_class: type[Sink]  # type: ignore[type-arg]  # any email sink
+    config: SinkConfig
+    log_format: str
+    log_level: str
+
+
+def _same(a: object, b: object) -> bool:
+    return a is b or a == b
+
+
+def _batches(alerts: Sequence[Alert]) -> list[bytes]:
+    """``alerts`` as alert batch JSON, one per run of alerts that share their batch's fields."""
+    runs: list[list[Alert]] = []
+    for alert in alerts:
+        if runs and all(_same(getattr(runs[-1][0], f), getattr(alert, f)) for f in _SHARED):
+            runs[-1].append(alert)
+        else:
+            runs.append([alert])
+    encoded = []
+    for run in runs:
+        first = run[0]
+        batch = AlertBatch.model_construct(
+            batch_id="sink-process",
+            recipients=tuple(
+                Recipient.trusted(
+                    alert_id=a.alert_id,
+                    subscriber_id=a.subscriber_id,
+                    email=a.email,
+                    name=a.name,
+                    reason=a.reason,
+                    home_country=a.home_country,
+                )
+                for a in run
+            ),
+            **{f: getattr(first, f) for f in _SHARED},
+        )
+        encoded.append(batch.model_dump_json(exclude_defaults=True).encode("utf-8"))
+    return encoded
+
+
+def _alerts(batches: list[bytes]) -> list[Alert]:
+    return [alert for value in batches for alert in AlertBatch.model_validate_json(value).alerts()]
+
+
+def _child(start: _Start, conn: Connection) -> None:
+    """The child process: build the sink, then deliver what comes until told to close."""
+    configure_logging(start.log_format, start.log_level)
+    tune_interpreter()
+    asyncio.run(_serve(start, conn))
+
+
+async def _serve(start: _Start, conn: Connection) -> None:
+    sink = start.sink_class(start.config)
+    try:
+        await sink.setup()
+    except Exception as exc:  # every failure goes back to the worker, which raises it
+        conn.send(("failed", _describe(exc), isinstance(exc, ConfigurationError)))
+        return
+    conn.send(("ready",))
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    # A thread reads the pipe, so that the next batch's "prepare" is read (and its
+    # rendering begun) while this one is being delivered.
+    reader = threading.Thread(
+        target=_read_all, args=(conn, loop, inbox), name="sink-process-reader", daemon=True
+    )
+    reader.start()
+    prepared: list[Alert] | None = None
+    delivering: asyncio.Task[None] | None = None
+    try:
+        while (message := await inbox.get()) is not None and message[0] != "close":
+            if message[0] == "prepare":
+                prepared = _alerts(message[1])
+                await sink.prepare(prepared)
+                continue
+            alerts = _alerts(message[1]) if message[1] is not None else prepared
+            prepared = None
+            delivering = asyncio.create_task(_answer(conn, sink, alerts))
+    finally:
+        if delivering is not None:
+            await delivering
+        await sink.close()
+
+
+def _read_all(conn: Connection, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[Any]) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the worker went away
+            message = None
+        loop.call_soon_threadsafe(inbox.put_nowait, message)
+        if message is None or message[0] == "close":
+            return
+
+
+async def _answer(conn: Connection, sink: Sink, alerts: list[Alert] | None) -> None:  # type: ignore[type-arg]
+    if alerts is None:
+        answer: tuple[Any, ...] = ("retryable", "the sink process had no prepared batch to deliver", None)
+    else:
+        answer = await _deliver(sink, alerts)
+    conn.send(answer)
+
+
+async def _deliver(sink: Sink, alerts: list[Alert]) -> tuple[Any, ...]:  # type: ignore[type-arg]
+    try:
+        outcomes = await sink.deliver(alerts)
+    except RetryableError as exc:
+        return ("retryable", str(exc), exc.retry_after)
+    except Exception as exc:  # said to the worker, which raises it there
+        return ("failed", _describe(exc), False)
+    return (
+        "outcomes",
+        [
+            (o.record_id, o.accepted, o.provider_message_id, o.duplicate, o.retryable, o.retry_after, o.error)
+            for o in outcomes
+        ],
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip()
+
+
+class SinkProcess(Sink[SinkConfig, Alert]):
+    """Delivers through an email sink that runs in a child process (see the module).
+
+    Made for a sink class by :func:`in_a_process`, which gives it that sink's name, so
+    metrics, logs and delivery records say ``outbox`` or ``sendgrid`` as before. The
+    guarantee is the inner sink's: the same batches reach it, one at a time.
+    """
+
+    accepts = Alert
+    Config = SinkConfig
+    sink_class: type[Sink]  # type: ignore[type-arg]  # any email sink
+
+    def __init__(self, config: SinkConfig, *, log_format: str = "json", log_level: str = "info") -> None:
+        super().__init__(config)
+        self._start = _Start(self.sink_class, config, log_format, log_level)
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._sending = threading.Lock()  # a prepare and a deliver may be sent from two threads
+        self._prepared: tuple[str, ...] | None = None
+        self.restarts = 0
+        """Children started after the first, each after one had died."""
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, while one runs."""
+        return self._process.pid if self._process is not None else None
+
+    async def setup(self) -> None:
+        """Start the child and wait until its sink is set up; raise what its setup raised."""
+        if self._process is not None and self._process.is_alive():
+            return
+        context = multiprocessing.get_context("spawn")  # never fork a process with an event loop and threads
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=_child, args=(self._start, theirs), name=f"mobilise-sink-{self.name}", daemon=True
+        )
+        process.start()
+        theirs.close()
+        self._process, self._conn, self._prepared = process, ours, None
+        answer = await asyncio.to_thread(_await_answer, ours, _READY_TIMEOUT)
+        if answer is None or answer[0] != "ready":
+            await self._stop(gracefully=False)
+            why = answer[1] if answer is not None else "it did not start in time, or died while starting"
+            if answer is not None and answer[2]:
+                raise ConfigurationError(why)
+            raise SinkProcessError(f"the {self.name} sink could not start in its process: {why}")
+        log.info("sink_process.ready", sink=self.name, pid=process.pid)
+
+    async def close(self) -> None:
+        """Ask the child to close its sink and end; stop it if it does not."""
+        await self._stop(gracefully=True)
+
+    async def prepare(self, records: Sequence[Alert]) -> None:
+        """Send the next batch to the child, which begins rendering it (see :meth:`Sink.prepare`)."""
+        if self._conn is None or self._process is None or not self._process.is_alive():
+            return  # deliver() starts a new child, and hands it the batch then
+        conn = self._conn
+        try:
+            await asyncio.to_thread(self._send, conn, ("prepare", _batches(records)))
+        except OSError:
+            return  # the child died: deliver() finds out and starts another
+        self._prepared = alert_ids(records)
+
+    async def deliver(self, records: Sequence[Alert]) -> Sequence[SinkOutcome]:
+        """Hand the batch to the child and return its outcomes."""
+        if not records:
+            return []
+        if self._conn is None or self._process is None or not self._process.is_alive():
+            if self._process is not None:
+                await self._stop(gracefully=False)
+                self.restarts += 1
+            await self.setup()
+        assert self._conn is not None
+        key, prepared = alert_ids(records), self._prepared
+        self._prepared = None
+        # The prepared batch is not sent again: the child has it.
+        batches = None if key == prepared else _batches(records)
+        try:
+            answer = await asyncio.to_thread(self._exchange, self._conn, ("deliver", batches))
+        except (EOFError, OSError) as exc:
+            exitcode = self._process.exitcode if self._process is not None else None
+            await self._stop(gracefully=False)
+            log.error("sink_process.died", sink=self.name, exitcode=exitcode, error=repr(exc))
+            raise RetryableError(
+                f"the {self.name} sink's process ended (exit code {exitcode}) with a batch: "
+                "its outcome is unknown, so it is tried again"
+            ) from exc
+        if answer[0] == "retryable":
+            raise RetryableError(answer[1], retry_after=answer[2])
+        if answer[0] == "failed":
+            raise SinkProcessError(f"the {self.name} sink failed in its process: {answer[1]}")
+        return [
+            trusted(
+                SinkOutcome,
+                record_id=record_id,
+                accepted=accepted,
+                provider_message_id=message_id,
+                duplicate=duplicate,
+                retryable=retryable,
+                retry_after=retry_after,
+                error=error,
+            )
+            for record_id, accepted, message_id, duplicate, retryable, retry_after, error in answer[1]
+        ]
+
+    def _send(self, conn: Connection, message: tuple[str, list[bytes] | None]) -> None:
+        with self._sending:
+            conn.send(message)
+
+    def _exchange(self, conn: Connection, message: tuple[str, list[bytes] | None]) -> Any:
+        # One deliver at a time (the delivery stage's lock): the next answer is this one's.
+        self._send(conn, message)
+        return conn.recv()
+
+    async def _stop(self, *, gracefully: bool) -> None:
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if process is None:
+            return
+        if gracefully and conn is not None and process.is_alive():
+            with contextlib.suppress(OSError):
+                self._send(conn, ("close", None))
+            await asyncio.to_thread(process.join, _CLOSE_TIMEOUT)
+        if process.is_alive():
+            process.terminate()
+            await asyncio.to_thread(process.join, _CLOSE_TIMEOUT)
+        if conn is not None:
+            conn.close()
+
+
+def _await_answer(conn: Connection, timeout: float) -> Any:
+    try:
+        return conn.recv() if conn.poll(timeout) else None
+    except EOFError:
+        return None
+
+
+def in_a_process(
+    sink_class: type[Sink],  # type: ignore[type-arg]  # any email sink
+    config: SinkConfig,
+    *,
+    log_format: str,
+    log_level: str,
+) -> SinkProcess:
+    """A :class:`SinkProcess` that runs ``sink_class(config)`` in a child, under its name."""
+    process_class = type(
+        f"{sink_class.__name__}InAProcess",
+        (SinkProcess,),
+        {"name": sink_class.name, "sink_class": sink_class, "__module__": __name__},
+    )
+    made: SinkProcess = process_class(config, log_format=log_format, log_level=log_level)
+    return made
