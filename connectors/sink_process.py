@@ -211,8 +211,14 @@ class SinkProcess(Sink[SinkConfig, Alert]):
         self._conn: Connection | None = None
         self._sending = threading.Lock()  # a prepare and a deliver may be sent from two threads
         self._prepared: tuple[str, ...] | None = None
-        self.restarts = 0
+        self._children = 0
+        self.prepared_taken = 0
+        """Batches delivered as the child had prepared them, without being sent to it again."""
+
+    @property
+    def restarts(self) -> int:
         """Children started after the first, each after one had died."""
+        return max(0, self._children - 1)
 
     @property
     def pid(self) -> int | None:
@@ -229,6 +235,7 @@ class SinkProcess(Sink[SinkConfig, Alert]):
             target=_child, args=(self._start, theirs), name=f"mobilise-sink-{self.name}", daemon=True
         )
         process.start()
+        self._children += 1
         theirs.close()
         self._process, self._conn, self._prepared = process, ours, None
         answer = await asyncio.to_thread(_await_answer, ours, _READY_TIMEOUT)
@@ -244,13 +251,18 @@ class SinkProcess(Sink[SinkConfig, Alert]):
         """Ask the child to close its sink and end; stop it if it does not."""
         await self._stop(gracefully=True)
 
-    async def prepare(self, records: Sequence[Alert]) -> None:
-        """Send the next batch to the child, which begins rendering it (see :meth:`Sink.prepare`)."""
+    async def prepare(self, records: Sequence[Alert], *, encoded: bytes | None = None) -> None:
+        """Send the next batch to the child, which begins rendering it (see :meth:`Sink.prepare`).
+
+        ``encoded``, when given, is the alert batch JSON whose recipients are exactly
+        ``records`` (the record they were read from): sent as it is, not encoded again.
+        """
         if self._conn is None or self._process is None or not self._process.is_alive():
             return  # deliver() starts a new child, and hands it the batch then
         conn = self._conn
+        batches = [encoded] if encoded is not None else _batches(records)
         try:
-            await asyncio.to_thread(self._send, conn, ("prepare", _batches(records)))
+            await asyncio.to_thread(self._send, conn, ("prepare", batches))
         except OSError:
             return  # the child died: deliver() finds out and starts another
         self._prepared = alert_ids(records)
@@ -260,15 +272,14 @@ class SinkProcess(Sink[SinkConfig, Alert]):
         if not records:
             return []
         if self._conn is None or self._process is None or not self._process.is_alive():
-            if self._process is not None:
-                await self._stop(gracefully=False)
-                self.restarts += 1
+            await self._stop(gracefully=False)
             await self.setup()
         assert self._conn is not None
         key, prepared = alert_ids(records), self._prepared
         self._prepared = None
         # The prepared batch is not sent again: the child has it.
         batches = None if key == prepared else _batches(records)
+        self.prepared_taken += batches is None
         try:
             answer = await asyncio.to_thread(self._exchange, self._conn, ("deliver", batches))
         except (EOFError, OSError) as exc:

@@ -14,6 +14,7 @@ import structlog
 
 from connectors.attempts import deliver_with_retries
 from connectors.base import Sink
+from connectors.sink_process import SinkProcess
 from schemas import Alert, AlertBatch, DeliveryEvent, DeliveryOutcome
 
 from .bulk import BulkProducer
@@ -172,7 +173,7 @@ class Delivery:
         part = await self._prepare(event)
         if part is not None and part.alerts:
             # Rendering and encoding of this batch overlap the sending of the one before.
-            await self._sink.prepare(part.alerts)
+            await self._prepare_next(part)
         previous, self._inflight = self._inflight, None
         if previous is not None:
             await previous
@@ -197,6 +198,13 @@ class Delivery:
 
         self._inflight = asyncio.create_task(finish(), name=f"{self.stage}:{part.batch.batch_id}")
         self._inflight.add_done_callback(_report_failure)
+
+    async def _prepare_next(self, part: _Part) -> None:
+        if isinstance(self._sink, SinkProcess) and len(part.alerts) == len(part.batch.recipients):
+            # Everyone of the record goes: its bytes go to the sink's process as they came.
+            await self._sink.prepare(part.alerts, encoded=part.event.message.value)
+        else:
+            await self._sink.prepare(part.alerts)
 
     def _tail_done(self, task: asyncio.Task[None]) -> None:
         self._tails.discard(task)
@@ -360,22 +368,27 @@ class Delivery:
                     (done.record, DeliveryOutcome.DEAD_LETTERED, done.attempts, None, done.error)
                 )
         if not publish:
-            self._record_sent(part)
+            await self._record_sent(part)
             return True
         await self._record(part)
         return False
 
     async def _record(self, part: _Part) -> None:
         """Record what became of ``part``'s alerts: sent ids, dead letters, delivery events."""
-        self._record_sent(part)
+        await self._record_sent(part)
         await self._publish(part)
 
-    def _record_sent(self, part: _Part) -> None:
-        """Add the alerts of ``part`` the sink took to ``sent``: never handed over again from now on."""
+    async def _record_sent(self, part: _Part) -> None:
+        """Add the alerts of ``part`` the sink took to ``sent``, and wait until the broker has the row.
+
+        Only then may the next batch go to the sink: a worker dying later replays neither
+        batch to anyone recorded, so the duplicate window stays the one batch in flight.
+        """
         # Cancelled alerts stay out of sent: nothing was sent, and a replay is cancelled again.
         unsent = (DeliveryOutcome.DEAD_LETTERED, DeliveryOutcome.CANCELLED)
         accepted = [a.alert_id for a, kind, *_ in part.outcomes if kind not in unsent]
         self._sent.record(part.batch.batch_id, part.partition, accepted, self._sink.name)
+        await self._sent.durable()
 
     async def _publish(self, part: _Part) -> None:
         """Write ``part``'s dead letters and delivery events, and wait until the broker has them."""

@@ -9,6 +9,7 @@ read the same way.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ class SentAlerts:
     def __init__(self, table: PartitionedTable) -> None:
         self._table = table
         self._ids: set[str] = set()
+        self._unacknowledged: asyncio.Future[Any] | None = None
 
     def __contains__(self, alert_id: object) -> bool:
         return alert_id in self._ids
@@ -57,6 +59,19 @@ class SentAlerts:
                 "alerts": [*known, *fresh],
             }
         self._ids.update(fresh)
+        # (The tables of the unit tests are dicts: nothing to wait for there.)
+        self._unacknowledged = getattr(self._table, "last_written", None)
+
+    async def durable(self) -> None:
+        """Wait until the broker has the rows recorded so far: their changelog is acknowledged.
+
+        Raises:
+            kafka.errors.KafkaError: the broker did not take the row (after the client's retries).
+
+        """
+        written, self._unacknowledged = self._unacknowledged, None
+        if written is not None:
+            await written
 
 
 def _ids_of(key: str, row: Any) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Any
 
 import faust
 from faust.streams import _current_event, current_event
+from faust.types import CodecArg, FutureMessage
 
 __all__ = ["PartitionedTable", "declare_table", "on_partition"]
 
@@ -57,7 +59,23 @@ def on_partition(partition: int) -> Iterator[None]:
 
 
 class PartitionedTable(faust.Table[str, Any]):
-    """A faust Table that honours :func:`on_partition`."""
+    """A faust Table that honours :func:`on_partition`, and tells when its last write is durable."""
+
+    last_written: asyncio.Future[Any] | None = None
+    """The changelog record of the latest write: done once the broker acknowledged it."""
+
+    def send_changelog(
+        self,
+        partition: int | None,
+        key: Any,
+        value: Any,
+        key_serializer: CodecArg | None = None,
+        value_serializer: CodecArg | None = None,
+    ) -> FutureMessage:
+        """Faust's, remembering the record's future in :attr:`last_written`."""
+        written = super().send_changelog(partition, key, value, key_serializer, value_serializer)
+        self.last_written = written
+        return written
 
     def partition_for_key(self, key: Any) -> int | None:
         """The partition set by :func:`on_partition`, else faust's choice."""

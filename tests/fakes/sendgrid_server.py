@@ -354,6 +354,10 @@ class FakeSendGrid(LoopbackServer):
             )
         if self.delay > 0:
             await asyncio.sleep(self.delay)
+        if request.content_type != "application/json":
+            # Mail Send takes JSON only; a charset parameter is allowed.
+            message = f"Content-Type must be application/json, not {request.content_type!r}"
+            return self._answer(415, raw.decode(errors="replace"), {"errors": [_error(message, None)]})
         try:
             body = json.loads(raw)
         except ValueError:

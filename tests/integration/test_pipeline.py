@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import signal
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -256,3 +261,51 @@ def test_alerts_travel_in_batches_of_one_language_and_each_person_is_alerted_onc
     assert recipients(pipeline.emails_for(update.event_id)) == sorted(s.email for s in people)
     accepted = Counter(d.subscriber_id for d in pipeline.deliveries() if d.outcome == "accepted")
     assert accepted == Counter({s.subscriber_id: 1 for s in people})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has ended; only its parent has not read its status yet.
+    with contextlib.suppress(FileNotFoundError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+def test_a_sink_in_its_own_process_delivers_once_and_is_replaced_when_killed(
+    pipeline: PipelineHarness,
+) -> None:
+    people = [
+        subscription(f"p{i}@example.org", countries=["BD"], interests=["union_busting"]) for i in range(3)
+    ]
+    pipeline.subscribe(*people)
+    worker = pipeline.start_worker(MOBILISE_SINK_PROCESS="true")
+    pipeline.wait_ready()
+    pipeline.wait_indexed(*(p.subscriber_id for p in people))
+
+    first = case_update()
+    pipeline.publish(first)
+    assert pipeline.wait_processed(first.event_id) == 3
+    (ready,) = pipeline.events("sink_process.ready")
+    assert ready["sink"] == "outbox" and ready["pid"] != worker.process.pid
+
+    os.kill(ready["pid"], signal.SIGKILL)  # the sink's process dies; the worker does not
+    second = case_update(status="escalated")
+    pipeline.publish(second)
+    assert pipeline.wait_processed(second.event_id) == 3
+    assert len(pipeline.events("sink_process.ready")) == 2 and worker.process.poll() is None
+
+    for update in (first, second):
+        assert recipients(pipeline.emails_for(update.event_id)) == sorted(p.email for p in people)
+    accepted = Counter(d.alert_id for d in pipeline.deliveries() if d.outcome == "accepted")
+    assert len(accepted) == 6 and set(accepted.values()) == {1}
+
+    # A worker killed outright leaves no sink process behind: it reads the end of the pipe.
+    child = pipeline.events("sink_process.ready")[-1]["pid"]
+    worker.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the sink's process outlived its worker"

@@ -167,9 +167,9 @@ def _outsiders(count: int) -> list[Subscription]:
     ]
 
 
-def _start(pipeline: SendGridWorkers, people: list[Subscription]) -> Worker:
+def _start(pipeline: SendGridWorkers, people: list[Subscription], **env: str) -> Worker:
     pipeline.subscribe(*people)
-    worker = pipeline.start_worker()
+    worker = pipeline.start_worker(**env)
     pipeline.wait_ready()
     pipeline.wait_indexed(*(s.subscriber_id for s in people))
     return worker
@@ -208,11 +208,12 @@ def _wait_for_everyone_and_quiet(
     )
 
 
+@pytest.mark.parametrize("sink_process", ["false", "true"], ids=["sink-in-the-worker", "sink-in-its-process"])
 def test_a_worker_killed_mid_send_and_restarted_sends_a_second_email_only_to_the_batch_in_flight(
-    pipeline: SendGridWorkers, fake_sendgrid: FakeSendGrid
+    pipeline: SendGridWorkers, fake_sendgrid: FakeSendGrid, sink_process: str
 ) -> None:
     matching = _people(2_400)
-    first = _start(pipeline, matching + _outsiders(100))
+    first = _start(pipeline, matching + _outsiders(100), MOBILISE_SINK_PROCESS=sink_process)
     wanted = {s.subscriber_id for s in matching}
 
     # A slow API: the worker spends most of its time waiting for an answer, so the kill
@@ -262,7 +263,8 @@ def test_a_worker_killed_mid_send_and_restarted_sends_a_second_email_only_to_the
     first.stop()  # closes its log files
 
     fake_sendgrid.delay = 0.0
-    second = pipeline.start_worker()  # same app id: the dead worker's group, offsets and tables
+    # Same app id: the dead worker's group, offsets and tables.
+    second = pipeline.start_worker(MOBILISE_SINK_PROCESS=sink_process)
     pipeline.wait_ready()
     _wait_for_everyone_and_quiet(pipeline, fake_sendgrid, update.event_id, wanted)
 

@@ -3,65 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from connectors.base import SinkOutcome
-from schemas import Alert, AlertBatch, CaseUpdate, MatchReason, Subscription
-from streams.alerting import alert_batches
+from schemas import Alert, AlertBatch
 
-from .world import MemorySink, Partition
-
-CASE = CaseUpdate.model_validate_json(
-    json.dumps(
-        {
-            "case_id": "bd-1",
-            "status": "urgent_action",
-            "title": {"en": "Fired"},
-            "summary": {"en": "Twelve leaders dismissed."},
-            "country": "BD",
-            "issues": ["union_busting"],
-            "occurred_at": "2026-03-01T00:00:00Z",
-            "published_by": "p",
-        }
-    )
-).public()
-
-
-def _people(*emails: str) -> list[tuple[Subscription, MatchReason]]:
-    return [
-        (
-            Subscription.model_validate_json(
-                json.dumps(
-                    {
-                        "email": email,
-                        "countries": ["BD"],
-                        "interests": ["union_busting"],
-                        "confirmed": True,
-                        "created_at": "2026-01-01T00:00:00Z",
-                    }
-                )
-            ),
-            MatchReason(country="BD"),
-        )
-        for email in emails
-    ]
-
-
-def _batch(event_id: str, *emails: str) -> AlertBatch:
-    (batch,) = alert_batches(
-        event_id=event_id,
-        partition=0,
-        case=CASE,
-        created_at=datetime(2026, 3, 1, tzinfo=UTC),
-        people=_people(*emails),
-        batch_size=100,
-    )
-    return batch
+from .world import MemoryBulk, MemorySink, Partition, batch_of
 
 
 class _GatedSink(MemorySink):
@@ -111,8 +63,8 @@ def test_the_next_record_waits_for_the_one_with_the_sink_and_acks_keep_their_ord
     acked: list[int] = []
 
     async def run() -> None:
-        first = _batch("evt-1", "a@example.org", "b@example.org")
-        second = _batch("evt-2", "a@example.org")
+        first = batch_of("evt-1", "a@example.org", "b@example.org")
+        second = batch_of("evt-2", "a@example.org")
         await world.delivery.take(_Event(first, 0, acked))  # type: ignore[arg-type]  # message and ack
         await asyncio.sleep(0.01)
         assert sink.holding == 1 and acked == []  # with the sink, not acked
@@ -133,7 +85,7 @@ def test_the_next_record_waits_for_the_one_with_the_sink_and_acks_keep_their_ord
 def test_an_alert_sent_by_the_batch_before_is_not_handed_over_again() -> None:
     world, sink = _world()
     acked: list[int] = []
-    batch = _batch("evt-1", "a@example.org", "b@example.org")
+    batch = batch_of("evt-1", "a@example.org", "b@example.org")
 
     async def run() -> None:
         await world.delivery.take(_Event(batch, 0, acked))  # type: ignore[arg-type]
@@ -161,10 +113,113 @@ def test_a_failure_with_the_sink_is_raised_by_the_next_take_and_that_record_is_n
     async def run() -> None:
         sink.fail_next = True
         sink.gate.set()
-        await world.delivery.take(_Event(_batch("evt-1", "a@example.org"), 0, acked))  # type: ignore[arg-type]
+        await world.delivery.take(_Event(batch_of("evt-1", "a@example.org"), 0, acked))  # type: ignore[arg-type]
         await asyncio.sleep(0.01)
         with pytest.raises(RuntimeError, match="the sink broke"):
-            await world.delivery.take(_Event(_batch("evt-2", "b@example.org"), 1, acked))  # type: ignore[arg-type]
+            await world.delivery.take(_Event(batch_of("evt-2", "b@example.org"), 1, acked))  # type: ignore[arg-type]
 
     asyncio.run(run())
     assert acked == []  # neither: the agent stops as it did, and both records are read again
+
+
+class _GatedBulk(MemoryBulk):
+    """Holds the delivery records until the test opens the gate (the broker's acknowledgement)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.fail = False
+
+    async def send(self, topic: str, partition: int, records: Any) -> int:
+        await self.gate.wait()
+        if self.fail:
+            raise KafkaError("the broker did not take the batch")
+        return await super().send(topic, partition, records)
+
+
+class _PreparingSink(MemorySink):
+    """Remembers what it was asked to prepare, and how many batches it had then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared: list[tuple[list[str], int]] = []
+        self.gate = asyncio.Event()
+        self.holding = 0
+
+    async def prepare(self, records: Sequence[Alert]) -> None:
+        self.prepared.append(([r.event_id for r in records], self.holding))
+
+    async def deliver(self, records: Sequence[Alert]) -> Sequence[SinkOutcome]:
+        self.holding += 1
+        try:
+            await self.gate.wait()
+            return await super().deliver(records)
+        finally:
+            self.holding -= 1
+
+
+def test_the_next_batch_is_prepared_while_the_one_before_is_with_the_sink() -> None:
+    world = Partition()
+    sink = _PreparingSink()
+    world.delivery._sink = sink
+    acked: list[int] = []
+
+    async def run() -> None:
+        await world.delivery.take(_Event(batch_of("evt-1", "a@example.org"), 0, acked))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        taking = asyncio.create_task(
+            world.delivery.take(_Event(batch_of("evt-2", "a@example.org", "b@example.org"), 1, acked))  # type: ignore[arg-type]
+        )
+        await asyncio.sleep(0.01)
+        assert sink.prepared[-1] == (["evt-2", "evt-2"], 1)  # prepared with evt-1 still at the sink
+        assert sink.delivered == []
+        sink.gate.set()
+        await taking
+        await world.delivery.drain()
+
+    asyncio.run(run())
+    assert [event_ids for event_ids, _ in sink.prepared] == [["evt-1"], ["evt-2", "evt-2"]]
+    assert [a.event_id for a in sink.alerts] == ["evt-1", "evt-2", "evt-2"] and acked == [0, 1]
+
+
+def test_the_next_batch_goes_to_the_sink_before_the_delivery_records_are_acknowledged() -> None:
+    world, sink = _world()
+    bulk = _GatedBulk()
+    world.delivery._bulk = bulk
+    sink.gate.set()
+    acked: list[int] = []
+
+    async def run() -> None:
+        await world.delivery.take(_Event(batch_of("evt-1", "a@example.org"), 0, acked))  # type: ignore[arg-type]
+        await world.delivery.take(_Event(batch_of("evt-2", "b@example.org"), 1, acked))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        # Both batches went to the sink, one after the other, and both are in sent; neither
+        # record is acked while its delivery records wait for the broker.
+        assert [a.event_id for a in sink.alerts] == ["evt-1", "evt-2"] and sink.most_at_once == 1
+        assert all(a.alert_id in world.delivery._sent for a in sink.alerts)
+        assert acked == [] and bulk.events == []
+        bulk.gate.set()
+        await world.delivery.drain()
+
+    asyncio.run(run())
+    assert sorted(acked) == [0, 1]
+    assert sorted(e.event_id for e in bulk.events) == ["evt-1", "evt-2"]
+
+
+def test_delivery_records_the_broker_refused_are_raised_by_the_next_take_and_not_acked() -> None:
+    world, sink = _world()
+    bulk = _GatedBulk()
+    bulk.fail = True
+    bulk.gate.set()
+    world.delivery._bulk = bulk
+    sink.gate.set()
+    acked: list[int] = []
+
+    async def run() -> None:
+        await world.delivery.take(_Event(batch_of("evt-1", "a@example.org"), 0, acked))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        with pytest.raises(KafkaError, match="did not take"):
+            await world.delivery.take(_Event(batch_of("evt-2", "b@example.org"), 1, acked))  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert acked == []  # the agent stops; the record is read again, and sent keeps it from the sink

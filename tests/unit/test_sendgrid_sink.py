@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
@@ -183,6 +184,43 @@ def test_ten_thousand_alerts_of_one_event_take_ten_requests() -> None:
         assert len(outcomes) == len(alerts) and all(o.accepted for o in outcomes)
         assert len({o.provider_message_id for o in outcomes}) == 10
         assert time.slept == []  # 10 requests fit in the default burst of 10 per second
+
+    with_sink(test)
+
+
+def test_preparing_the_next_batch_sends_nothing_and_its_delivery_sends_what_it_would_have() -> None:
+    first, second = make_alerts(1500, prefix="a"), make_alerts(700, prefix="b")
+
+    async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
+        await sink.prepare(second)
+        await asyncio.sleep(0.05)  # planned and encoded by now
+        assert fake.statuses() == []  # preparing sends nothing
+        # Another batch first: delivered as planned afresh, and the prepared one is dropped.
+        await sink.deliver(first)
+        await sink.prepare(second)
+        outcomes = await sink.deliver(second)
+        assert fake.statuses() == [202, 202, 202]
+        assert sent_alert_ids(fake) == Counter({a.alert_id: 1 for a in first + second})
+        assert all(o.accepted for o in outcomes) and len(outcomes) == len(second)
+
+    with_sink(test)
+
+
+def test_requests_are_sent_as_json_which_the_fake_insists_on() -> None:
+    async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
+        await sink.deliver(make_alerts(3))
+        assert fake.statuses() == [202]
+        # The fake refuses what is not JSON, as the contract says.
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{fake.url}/v3/mail/send",
+                data="{}",
+                headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "text/plain"},
+            ) as answer,
+        ):
+            assert answer.status == 415
+            assert "application/json" in (await answer.json())["errors"][0]["message"]
 
     with_sink(test)
 

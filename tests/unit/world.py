@@ -9,6 +9,7 @@ records producer by :class:`MemoryBulk`, the sink by :class:`MemorySink`.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -24,12 +25,13 @@ from schemas import (
     CaseUpdate,
     DeadLetter,
     DeliveryEvent,
+    MatchReason,
     Subscription,
     Suppression,
     WaveCancellation,
 )
 from streams.acted import ActedCases, ActionIntake
-from streams.alerting import Matcher, encode_batch
+from streams.alerting import Matcher, alert_batches, encode_batch
 from streams.delivery import Delivery
 from streams.digests import DigestBook, DigestSender
 from streams.metrics import PipelineMetrics
@@ -39,7 +41,54 @@ from streams.sent import SentAlerts
 from streams.shards import SubscriberShards, SubscriptionIntake
 from streams.waves import CancelledWaves, HeldAlerts
 
-__all__ = ["MemoryBulk", "MemorySink", "Partition", "RecordingTopic", "raw_event"]
+__all__ = ["MemoryBulk", "MemorySink", "Partition", "RecordingTopic", "batch_of", "raw_event"]
+
+
+URGENT = CaseUpdate.model_validate_json(
+    json.dumps(
+        {
+            "case_id": "bd-1",
+            "status": "urgent_action",
+            "title": {"en": "Fired"},
+            "summary": {"en": "Twelve leaders dismissed."},
+            "country": "BD",
+            "issues": ["union_busting"],
+            "occurred_at": "2026-03-01T00:00:00Z",
+            "published_by": "p",
+        }
+    )
+).public()
+"""A public case for alert batches made by :func:`batch_of`."""
+
+
+def batch_of(event_id: str, *emails: str) -> AlertBatch:
+    """The alert batch of :data:`URGENT` under ``event_id`` for people at ``emails`` (in English)."""
+    people = [
+        (
+            Subscription.model_validate_json(
+                json.dumps(
+                    {
+                        "email": email,
+                        "countries": ["BD"],
+                        "interests": ["union_busting"],
+                        "confirmed": True,
+                        "created_at": "2026-01-01T00:00:00Z",
+                    }
+                )
+            ),
+            MatchReason(country="BD"),
+        )
+        for email in emails
+    ]
+    (batch,) = alert_batches(
+        event_id=event_id,
+        partition=0,
+        case=URGENT,
+        created_at=datetime(2026, 3, 1, tzinfo=UTC),
+        people=people,
+        batch_size=max(1, len(emails)),
+    )
+    return batch
 
 
 class RecordingTopic:

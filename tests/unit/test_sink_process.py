@@ -1,0 +1,151 @@
+"""A sink in a process of its own: the same outcomes, the same files, and a dead child is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from connectors.mime import alert_bytes
+from connectors.outbox import OutboxConfig, OutboxSink
+from connectors.sink_process import SinkProcess, SinkProcessError, in_a_process
+from mobilise.errors import ConfigurationError, RetryableError
+from schemas import Alert
+from tests.fakes.process_sinks import JournalConfig, JournalSink
+
+from .world import batch_of
+
+
+def _alerts(event_id: str, *emails: str) -> list[Alert]:
+    return batch_of(event_id, *emails).alerts()
+
+
+def _journal(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _journaling(path: Path, **settings: object) -> SinkProcess:
+    return in_a_process(
+        JournalSink, JournalConfig(journal=path, **settings), log_format="json", log_level="warning"
+    )
+
+
+def test_the_outbox_in_a_process_writes_the_files_it_would_write_itself(tmp_path: Path) -> None:
+    alerts = _alerts("evt-1", "a@example.org", "b@example.org", "c@example.org")
+    config = OutboxConfig(outbox_dir=tmp_path / "outbox")
+
+    async def run() -> tuple[list[bool], list[bool]]:
+        sink = in_a_process(OutboxSink, config, log_format="json", log_level="warning")
+        await sink.setup()
+        try:
+            first = await sink.deliver(alerts)
+            again = await sink.deliver(alerts[:1])  # already there: a duplicate, nothing written
+        finally:
+            await sink.close()
+        assert sink.name == "outbox"
+        return [o.accepted and not o.duplicate for o in first], [o.duplicate for o in again]
+
+    assert asyncio.run(run()) == ([True, True, True], [True])
+    identity = config.identity()
+    for alert in alerts:
+        assert (tmp_path / "outbox" / f"{alert.alert_id}.eml").read_bytes() == alert_bytes(alert, identity)
+
+
+def test_a_prepared_batch_is_delivered_without_being_sent_to_the_child_again(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    first = _alerts("evt-1", "a@example.org", "b@example.org")
+    second = _alerts("evt-2", "a@example.org")
+
+    async def run() -> int:
+        sink = _journaling(journal)
+        await sink.setup()
+        try:
+            await sink.prepare(first)
+            outcomes = await sink.deliver(first)
+            assert [o.accepted for o in outcomes] == [True, True]
+            await sink.prepare(second)  # prepared, then another batch goes first
+            await sink.deliver(first[:1])
+            await sink.deliver(second)
+            # The record as it was read, handed over as it is.
+            third = batch_of("evt-3", "c@example.org")
+            await sink.prepare(third.alerts(), encoded=third.model_dump_json(exclude_defaults=True).encode())
+            assert [o.accepted for o in await sink.deliver(third.alerts())] == [True]
+        finally:
+            await sink.close()
+        return sink.prepared_taken
+
+    assert asyncio.run(run()) == 2
+    calls = [(line[0], line[2:]) for line in _journal(journal)]
+    ids = [a.alert_id for a in first]
+    assert calls == [
+        ("setup", []),
+        ("prepare", ids),
+        ("deliver", ids),
+        ("prepare", [second[0].alert_id]),
+        ("deliver", ids[:1]),
+        ("deliver", [second[0].alert_id]),
+        ("prepare", [batch_of("evt-3", "c@example.org").recipients[0].alert_id]),
+        ("deliver", [batch_of("evt-3", "c@example.org").recipients[0].alert_id]),
+    ]
+    assert len({line[1] for line in _journal(journal)} - {str(os.getpid())}) == 1  # one child, not us
+
+
+def test_a_child_that_dies_with_a_batch_makes_it_retryable_and_the_next_batch_starts_another(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "journal"
+
+    async def run() -> SinkProcess:
+        sink = _journaling(journal)
+        await sink.setup()
+        try:
+            with pytest.raises(RetryableError, match=r"process ended \(exit code 3\)"):
+                await sink.deliver(_alerts("evt-1", "exit@example.org"))
+            outcomes = await sink.deliver(_alerts("evt-2", "a@example.org"))
+            assert [o.accepted for o in outcomes] == [True]
+            # Killed between batches: found dead, replaced, and the batch delivered.
+            assert sink.pid is not None
+            os.kill(sink.pid, signal.SIGKILL)
+            await asyncio.sleep(0.2)
+            outcomes = await sink.deliver(_alerts("evt-3", "b@example.org"))
+            assert [o.accepted for o in outcomes] == [True]
+        finally:
+            await sink.close()
+        return sink
+
+    sink = asyncio.run(run())
+    assert sink.restarts == 2
+    pids = [line[1] for line in _journal(journal) if line[0] == "setup"]
+    assert len(set(pids)) == 3  # three children, one after another
+
+
+def test_failures_in_the_child_are_raised_in_the_worker_as_what_they_are(tmp_path: Path) -> None:
+    async def run() -> None:
+        sink = _journaling(tmp_path / "journal")
+        await sink.setup()
+        try:
+            with pytest.raises(RetryableError, match="the server is busy") as busy:
+                await sink.deliver(_alerts("evt-1", "busy@example.org"))
+            assert busy.value.retry_after == 2.5
+            with pytest.raises(SinkProcessError, match="ValueError: a bug in the sink"):
+                await sink.deliver(_alerts("evt-2", "bug@example.org"))
+            # The child lives on after either.
+            assert [o.accepted for o in await sink.deliver(_alerts("evt-3", "a@example.org"))] == [True]
+            assert sink.restarts == 0
+        finally:
+            await sink.close()
+
+    asyncio.run(run())
+
+
+def test_a_setup_that_fails_in_the_child_fails_in_the_worker_with_its_message(tmp_path: Path) -> None:
+    async def run() -> None:
+        sink = _journaling(tmp_path / "journal", fail_setup=True)
+        with pytest.raises(ConfigurationError, match="MOBILISE_JOURNAL: the journal is not writable"):
+            await sink.setup()
+        assert sink.pid is None
+
+    asyncio.run(run())
