@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -29,33 +30,46 @@ def _forget(task: asyncio.Future[Any]) -> None:
 
 
 class Lookahead(Generic[T]):
-    """The prepared work of one batch (the most recent :meth:`start`), keyed by its records."""
+    """The prepared work of the next batches (the ``depth`` most recent), keyed by their records.
 
-    def __init__(self) -> None:
-        self._key: Hashable | None = None
-        self._task: asyncio.Future[T] | None = None
+    Two by default: the delivery stage may read and prepare the batch after next while the
+    next one waits for the current one to be recorded.
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        self._depth = depth
+        self._tasks: OrderedDict[Hashable, asyncio.Future[T]] = OrderedDict()
 
     def start(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> None:
-        """Begin ``work`` for the batch ``key`` (its record ids), replacing any batch prepared before."""
-        self.discard()
-        self._key = key
-        self._task = asyncio.ensure_future(work())
-        self._task.add_done_callback(_forget)
+        """Begin ``work`` for the batch ``key`` (its record ids), unless it is being prepared already."""
+        if key in self._tasks:
+            return
+        task = asyncio.ensure_future(work())
+        task.add_done_callback(_forget)
+        self._tasks[key] = task
+        while len(self._tasks) > self._depth:
+            _, oldest = self._tasks.popitem(last=False)
+            oldest.cancel()
 
     async def take(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
-        """The prepared result if ``key`` was prepared, else ``work``'s; nothing is prepared after."""
-        task, prepared = self._task, self._key == key
-        self._task = self._key = None
-        if task is not None and prepared:
-            return await task
-        if task is not None:
+        """The prepared result of ``key`` if it was prepared, else ``work``'s.
+
+        Batches prepared before ``key`` are dropped with it: batches are delivered in the
+        order they were prepared, so those will not come any more (or are retries, which
+        are worked out afresh).
+        """
+        if key not in self._tasks:
+            return await work()
+        while True:
+            earlier, task = self._tasks.popitem(last=False)
+            if earlier == key:
+                return await task
             task.cancel()
-        return await work()
 
     def discard(self) -> None:
-        """Forget the prepared batch, if any (a sink being closed)."""
-        task, self._task, self._key = self._task, None, None
-        if task is not None:
+        """Forget every prepared batch (a sink being closed)."""
+        while self._tasks:
+            _, task = self._tasks.popitem(last=False)
             with contextlib.suppress(Exception):
                 task.cancel()
 

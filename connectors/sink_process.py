@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import threading
 import traceback
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -56,6 +58,13 @@ _SHARED = (
     "created_at",
 )
 """The fields of an alert that every alert of one alert batch shares."""
+
+_PREPARED_DEPTH = 2
+"""Prepared batches a child keeps: the next one and the one after (as the delivery stage reads them)."""
+
+_Message = tuple[str, int | None, list[bytes] | None]
+"""(``prepare``, number, batches), (``deliver``, number of a prepared batch or None, batches or
+None), or (``close``, None, None)."""
 
 _Outcome = tuple[str, bool, str | None, bool, bool, float | None, str | None]
 """(record_id, accepted, provider_message_id, duplicate, retryable, retry_after, error)."""
@@ -136,16 +145,22 @@ async def _serve(start: _Start, conn: Connection) -> None:
         target=_read_all, args=(conn, loop, inbox), name="sink-process-reader", daemon=True
     )
     reader.start()
-    prepared: list[Alert] | None = None
+    # Prepared batches by the number the worker gave them: the batch after next may be
+    # prepared before the next one is delivered.
+    prepared: OrderedDict[int, list[Alert]] = OrderedDict()
     delivering: asyncio.Task[None] | None = None
     try:
         while (message := await inbox.get()) is not None and message[0] != "close":
-            if message[0] == "prepare":
-                prepared = _alerts(message[1])
-                await sink.prepare(prepared)
+            kind, number, batches = message
+            if kind == "prepare":
+                prepared[number] = _alerts(batches)
+                while len(prepared) > _PREPARED_DEPTH:
+                    prepared.popitem(last=False)
+                await sink.prepare(prepared[number])
                 continue
-            alerts = _alerts(message[1]) if message[1] is not None else prepared
-            prepared = None
+            alerts = _alerts(batches) if batches is not None else prepared.get(number)
+            for earlier in [n for n in prepared if number is not None and n <= number]:
+                del prepared[earlier]
             delivering = asyncio.create_task(_answer(conn, sink, alerts))
     finally:
         if delivering is not None:
@@ -210,7 +225,9 @@ class SinkProcess(Sink[SinkConfig, Alert]):
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
         self._sending = threading.Lock()  # a prepare and a deliver may be sent from two threads
-        self._prepared: tuple[str, ...] | None = None
+        self._prepared: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        """The alert ids of the batches the child has prepared, with the number it knows each by."""
+        self._numbers = itertools.count()
         self._children = 0
         self.prepared_taken = 0
         """Batches delivered as the child had prepared them, without being sent to it again."""
@@ -237,7 +254,8 @@ class SinkProcess(Sink[SinkConfig, Alert]):
         process.start()
         self._children += 1
         theirs.close()
-        self._process, self._conn, self._prepared = process, ours, None
+        self._process, self._conn = process, ours
+        self._prepared.clear()
         answer = await asyncio.to_thread(_await_answer, ours, _READY_TIMEOUT)
         if answer is None or answer[0] != "ready":
             await self._stop(gracefully=False)
@@ -261,11 +279,14 @@ class SinkProcess(Sink[SinkConfig, Alert]):
             return  # deliver() starts a new child, and hands it the batch then
         conn = self._conn
         batches = [encoded] if encoded is not None else _batches(records)
+        number = next(self._numbers)
         try:
-            await asyncio.to_thread(self._send, conn, ("prepare", batches))
+            await asyncio.to_thread(self._send, conn, ("prepare", number, batches))
         except OSError:
             return  # the child died: deliver() finds out and starts another
-        self._prepared = alert_ids(records)
+        self._prepared[alert_ids(records)] = number
+        while len(self._prepared) > _PREPARED_DEPTH:
+            self._prepared.popitem(last=False)
 
     async def deliver(self, records: Sequence[Alert]) -> Sequence[SinkOutcome]:
         """Hand the batch to the child and return its outcomes."""
@@ -275,13 +296,16 @@ class SinkProcess(Sink[SinkConfig, Alert]):
             await self._stop(gracefully=False)
             await self.setup()
         assert self._conn is not None
-        key, prepared = alert_ids(records), self._prepared
-        self._prepared = None
-        # The prepared batch is not sent again: the child has it.
-        batches = None if key == prepared else _batches(records)
+        # A prepared batch is not sent again: the child has it, under its number.
+        number = self._prepared.pop(alert_ids(records), None)
+        if number is not None:
+            # The child drops the batches prepared before this one (they will not come).
+            for key in [k for k, n in self._prepared.items() if n < number]:
+                del self._prepared[key]
+        batches = None if number is not None else _batches(records)
         self.prepared_taken += batches is None
         try:
-            answer = await asyncio.to_thread(self._exchange, self._conn, ("deliver", batches))
+            answer = await asyncio.to_thread(self._exchange, self._conn, ("deliver", number, batches))
         except (EOFError, OSError) as exc:
             exitcode = self._process.exitcode if self._process is not None else None
             await self._stop(gracefully=False)
@@ -308,11 +332,11 @@ class SinkProcess(Sink[SinkConfig, Alert]):
             for record_id, accepted, message_id, duplicate, retryable, retry_after, error in answer[1]
         ]
 
-    def _send(self, conn: Connection, message: tuple[str, list[bytes] | None]) -> None:
+    def _send(self, conn: Connection, message: _Message) -> None:
         with self._sending:
             conn.send(message)
 
-    def _exchange(self, conn: Connection, message: tuple[str, list[bytes] | None]) -> Any:
+    def _exchange(self, conn: Connection, message: _Message) -> Any:
         # One deliver at a time (the delivery stage's lock): the next answer is this one's.
         self._send(conn, message)
         return conn.recv()
@@ -324,7 +348,7 @@ class SinkProcess(Sink[SinkConfig, Alert]):
             return
         if gracefully and conn is not None and process.is_alive():
             with contextlib.suppress(OSError):
-                self._send(conn, ("close", None))
+                self._send(conn, ("close", None, None))
             await asyncio.to_thread(process.join, _CLOSE_TIMEOUT)
         if process.is_alive():
             process.terminate()

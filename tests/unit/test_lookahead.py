@@ -43,18 +43,48 @@ def test_the_prepared_batch_is_taken_without_doing_the_work_again() -> None:
     assert work.runs == ["first", "again"]
 
 
-def test_another_batch_is_worked_out_afresh_and_the_prepared_one_is_dropped() -> None:
+def test_another_batch_is_worked_out_afresh_and_the_prepared_one_waits_for_its_turn() -> None:
     work = _Work()
 
-    async def run() -> tuple[str, bool]:
+    async def run() -> tuple[str, str]:
         ahead: Lookahead[str] = Lookahead()
         ahead.start(("a",), work.of("prepared"))
         taken = await ahead.take(("b",), work.of("fresh"))
-        left = await ahead.take(("a",), work.of("after"))
-        return taken, left == "rendered after"
+        later = await ahead.take(("a",), work.of("again"))
+        return taken, later
 
-    assert asyncio.run(run()) == ("rendered fresh", True)
-    assert "fresh" in work.runs and "after" in work.runs
+    assert asyncio.run(run()) == ("rendered fresh", "rendered prepared")
+    assert sorted(work.runs) == ["fresh", "prepared"]
+
+
+def test_the_next_two_batches_are_kept_and_taking_one_drops_those_before_it() -> None:
+    work = _Work()
+
+    async def run() -> list[str]:
+        ahead: Lookahead[str] = Lookahead(depth=2)
+        ahead.start(("a",), work.of("a"))
+        ahead.start(("b",), work.of("b"))
+        ahead.start(("b",), work.of("b twice"))  # already being prepared: not again
+        taken = [await ahead.take(("a",), work.of("a afresh")), await ahead.take(("b",), work.of("b afresh"))]
+        ahead.start(("c",), work.of("c"))
+        ahead.start(("d",), work.of("d"))
+        ahead.start(("e",), work.of("e"))  # deeper than 2: c is dropped
+        taken.append(await ahead.take(("c",), work.of("c afresh")))
+        ahead.start(("f",), work.of("f"))
+        taken.append(await ahead.take(("e",), work.of("e afresh")))  # d, before e, is dropped
+        taken.append(await ahead.take(("d",), work.of("d afresh")))
+        taken.append(await ahead.take(("f",), work.of("f afresh")))
+        return taken
+
+    assert asyncio.run(run()) == [
+        "rendered a",
+        "rendered b",
+        "rendered c afresh",
+        "rendered e",
+        "rendered d afresh",
+        "rendered f",
+    ]
+    assert "b twice" not in work.runs
 
 
 def test_a_failure_of_the_prepared_work_is_raised_by_take() -> None:

@@ -66,7 +66,7 @@ def test_a_prepared_batch_is_delivered_without_being_sent_to_the_child_again(tmp
             await sink.prepare(first)
             outcomes = await sink.deliver(first)
             assert [o.accepted for o in outcomes] == [True, True]
-            await sink.prepare(second)  # prepared, then another batch goes first
+            await sink.prepare(second)  # prepared; another batch goes first, and it waits its turn
             await sink.deliver(first[:1])
             await sink.deliver(second)
             # The record as it was read, handed over as it is.
@@ -77,7 +77,7 @@ def test_a_prepared_batch_is_delivered_without_being_sent_to_the_child_again(tmp
             await sink.close()
         return sink.prepared_taken
 
-    assert asyncio.run(run()) == 2
+    assert asyncio.run(run()) == 3
     calls = [(line[0], line[2:]) for line in _journal(journal)]
     ids = [a.alert_id for a in first]
     assert calls == [
@@ -149,3 +149,29 @@ def test_a_setup_that_fails_in_the_child_fails_in_the_worker_with_its_message(tm
         assert sink.pid is None
 
     asyncio.run(run())
+
+
+def test_the_batch_after_next_prepared_first_does_not_take_the_next_ones_place(tmp_path: Path) -> None:
+    # The delivery stage prepares the batch after next while the next one waits for the
+    # lock: the child must deliver the next one, not the last one it was given.
+    journal = tmp_path / "journal"
+    one, two, three = (_alerts(f"evt-{n}", f"p{n}@example.org") for n in (1, 2, 3))
+
+    async def run() -> tuple[list[list[str]], int]:
+        sink = _journaling(journal)
+        await sink.setup()
+        try:
+            await sink.prepare(one)
+            await sink.prepare(two)
+            delivered = [[o.record_id for o in await sink.deliver(one)]]
+            await sink.prepare(three)
+            delivered.append([o.record_id for o in await sink.deliver(two)])
+            delivered.append([o.record_id for o in await sink.deliver(three)])
+        finally:
+            await sink.close()
+        return delivered, sink.prepared_taken
+
+    delivered, taken = asyncio.run(run())
+    assert delivered == [[one[0].alert_id], [two[0].alert_id], [three[0].alert_id]] and taken == 3
+    deliveries = [line[2:] for line in _journal(journal) if line[0] == "deliver"]
+    assert deliveries == delivered
