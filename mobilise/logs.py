@@ -44,7 +44,9 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        # Each line in one write: print() writes the line and its end separately, and a
+        # sink's process shares this stdout, so another process's line could come between.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
         cache_logger_on_first_use=False,
     )
     # Libraries (faust, aiokafka) speak through the standard library; keep their chatter

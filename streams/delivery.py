@@ -165,10 +165,13 @@ class Delivery:
 
         The record is read, checked against ``sent``, made into alerts and given to the
         sink's :meth:`~connectors.base.Sink.prepare` (rendering, encoding) while the
-        previous batch is still with the sink; it is handed over only once that batch is
-        recorded, so one batch at most is ever with the sink and not recorded (the duplicate
-        window stays one batch). Records are acked in the order they came. A failure of the
-        previous batch is raised here, as :meth:`process` would have raised it.
+        previous batch is still with the sink; it is handed over only once that batch's
+        accepted ids are recorded and the broker has the row, so one batch at most is ever
+        with the sink and not recorded (the duplicate window stays one batch). A batch's
+        delivery records are written while the next one is with the sink, and its record is
+        acked once the broker has them (faust commits an offset only when every record
+        before it is acked). A failure of the previous batch, or of its delivery records, is
+        raised here, as :meth:`process` would have raised it.
         """
         part = await self._prepare(event)
         if part is not None and part.alerts:
