@@ -20,7 +20,6 @@ from schemas import Alert
 
 from .base import Sink, SinkOutcome
 from .email_config import EmailSinkConfig
-from .lookahead import Lookahead, alert_ids
 from .mime import alert_bytes
 
 __all__ = ["OutboxConfig", "OutboxSink"]
@@ -46,10 +45,6 @@ class OutboxSink(Sink[OutboxConfig, Alert]):
     accepts = Alert
     Config = OutboxConfig
 
-    def __init__(self, config: OutboxConfig) -> None:
-        super().__init__(config)
-        self._ahead: Lookahead[list[tuple[Alert, bytes | SinkOutcome]]] = Lookahead()
-
     async def setup(self) -> None:
         """Create the outbox directory."""
         self.config.outbox_dir.mkdir(parents=True, exist_ok=True)
@@ -60,51 +55,35 @@ class OutboxSink(Sink[OutboxConfig, Alert]):
 
     async def close(self) -> None:
         """Release the directory handle."""
-        self._ahead.discard()
         fd, self._directory_fd = self._directory_fd, None
         if fd is not None:
             os.close(fd)
-
-    async def prepare(self, alerts: Sequence[Alert]) -> None:
-        """Render the next batch's messages in a thread while the current one is being written."""
-        self._ahead.start(alert_ids(alerts), lambda: asyncio.to_thread(self._render_all, alerts))
 
     async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
         """Write the batch off the event loop (file I/O blocks)."""
         if not self.config.outbox_dir.is_dir():
             raise RetryableError(f"the outbox {self.config.outbox_dir} is not a directory (any more)")
-        rendered = await self._ahead.take(
-            alert_ids(alerts), lambda: asyncio.to_thread(self._render_all, alerts)
-        )
-        return await asyncio.to_thread(self._write_all, rendered)
+        return await asyncio.to_thread(self._write_all, alerts)
 
-    def _render_all(self, alerts: Sequence[Alert]) -> list[tuple[Alert, bytes | SinkOutcome]]:
-        return [(alert, self._render(alert)) for alert in alerts]
-
-    def _render(self, alert: Alert) -> bytes | SinkOutcome:
-        try:
-            return alert_bytes(alert, self._identity)
-        except (jinja2.TemplateError, ValueError) as exc:
-            # The same alert will fail the same way every time: a permanent failure.
-            return SinkOutcome.model_construct(
-                record_id=alert.alert_id, accepted=False, retryable=False, error=f"cannot render: {exc!r}"
-            )
-
-    def _write_all(self, rendered: Sequence[tuple[Alert, bytes | SinkOutcome]]) -> list[SinkOutcome]:
-        outcomes = [
-            message if isinstance(message, SinkOutcome) else self._write_one(alert, message)
-            for alert, message in rendered
-        ]
+    def _write_all(self, alerts: Sequence[Alert]) -> list[SinkOutcome]:
+        outcomes = [self._write_one(alert) for alert in alerts]
         if any(o.accepted and not o.duplicate for o in outcomes):
             # One flush for the whole batch, before any outcome is reported: a file per
             # fsync cost more than rendering it. (os.sync reaches the directory entries too.)
             os.sync()
         return outcomes
 
-    def _write_one(self, alert: Alert, message: bytes) -> SinkOutcome:
+    def _write_one(self, alert: Alert) -> SinkOutcome:
         # No check for an existing file first: the delivery stage hands over only alerts it
         # has not recorded, so a file already there is rare, and the link below finds it.
         name = f"{alert.alert_id}.eml"
+        try:
+            message = alert_bytes(alert, self._identity)
+        except (jinja2.TemplateError, ValueError) as exc:
+            # The same alert will fail the same way every time: a permanent failure.
+            return SinkOutcome.model_construct(
+                record_id=alert.alert_id, accepted=False, retryable=False, error=f"cannot render: {exc!r}"
+            )
         try:
             duplicate = self._write(name, message)
         except OSError as exc:

@@ -102,22 +102,6 @@ def test_the_outbox_writes_each_alert_once(tmp_path: Path) -> None:
     assert message.get_body(("html",)) is not None and message.get_body(("plain",)) is not None
 
 
-def test_preparing_renders_but_writes_nothing_until_the_batch_is_delivered(tmp_path: Path) -> None:
-    sink = OutboxSink(OutboxConfig(outbox_dir=tmp_path / "out"))
-    alert = make_alert()
-
-    async def run() -> tuple[list[str], list[str]]:
-        await sink.setup()
-        await sink.prepare([alert])
-        await asyncio.sleep(0.05)  # rendered by now
-        before = sorted(p.name for p in (tmp_path / "out").iterdir())
-        await sink.deliver([alert])
-        return before, sorted(p.name for p in (tmp_path / "out").iterdir())
-
-    before, after = asyncio.run(run())
-    assert before == [] and after == [f"{alert.alert_id}.eml"]
-
-
 def test_sinks_are_found_through_the_entry_point_group() -> None:
     assert available_connectors()["outbox"] == "connectors.outbox:OutboxSink"
     assert load_sink("outbox") is OutboxSink
