@@ -49,8 +49,9 @@ class Settings(LinkSettings):
     """Name of the sink connector that delivers alerts."""
     sink_process: bool = False
     """Run the sink in a process of its own: rendering and sending then use another core
-    while the worker matches, reads and records (about twice the emails per second on two
-    cores; see bench/RESULTS.md). The guarantees are the same; worth it with two cores or more."""
+    while the worker matches, reads and records. The guarantees are the same. It costs a
+    little CPU for the hand-over, so it pays only where a core is free (bench/RESULTS.md,
+    section 9)."""
     connectors_file: Path | None = None
     """A connectors file (see ``mobilise connectors check``) whose connectors the worker runs too."""
     delivery_batch_size: int = Field(default=1000, ge=1, le=10_000)
