@@ -66,9 +66,6 @@ _Message = tuple[str, int | None, list[bytes] | None]
 """(``prepare``, number, batches), (``deliver``, number of a prepared batch or None, batches or
 None), or (``close``, None, None)."""
 
-_Outcome = tuple[str, bool, str | None, bool, bool, float | None, str | None]
-"""(record_id, accepted, provider_message_id, duplicate, retryable, retry_after, error)."""
-
 
 class SinkProcessError(RuntimeError):
     """The sink failed in its process for a reason that is not temporary; the message says which."""
@@ -184,7 +181,8 @@ async def _answer(conn: Connection, sink: Sink, alerts: list[Alert] | None) -> N
         answer: tuple[Any, ...] = ("retryable", "the sink process had no prepared batch to deliver", None)
     else:
         answer = await _deliver(sink, alerts)
-    conn.send(answer)
+    with contextlib.suppress(OSError):  # the worker went away meanwhile: the sink closes all the same
+        conn.send(answer)
 
 
 async def _deliver(sink: Sink, alerts: list[Alert]) -> tuple[Any, ...]:  # type: ignore[type-arg]
