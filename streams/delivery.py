@@ -159,6 +159,7 @@ class Delivery:
         part = await self._prepare(event)
         if part is not None:
             await self._finish(part)
+            await self._publish(part)
 
     async def take(self, event: RawEvent) -> None:
         """:meth:`process` as a pipeline, for an agent that acks by hand: ack ``event`` once done.
@@ -190,14 +191,12 @@ class Delivery:
             event.ack()
 
         async def finish() -> None:
-            if await self._finish(part, publish=False):
-                # The sent ids are recorded: the next batch may go to the sink while this
-                # one's delivery records are written and acknowledged.
-                tail = asyncio.create_task(publish(), name=f"{self.stage}:{part.batch.batch_id}:records")
-                self._tails.add(tail)
-                tail.add_done_callback(self._tail_done)
-            else:
-                event.ack()
+            await self._finish(part)
+            # The sent ids are recorded: the next batch may go to the sink while this one's
+            # delivery records are written and acknowledged.
+            tail = asyncio.create_task(publish(), name=f"{self.stage}:{part.batch.batch_id}:records")
+            self._tails.add(tail)
+            tail.add_done_callback(self._tail_done)
 
         self._inflight = asyncio.create_task(finish(), name=f"{self.stage}:{part.batch.batch_id}")
         self._inflight.add_done_callback(_report_failure)
@@ -237,7 +236,9 @@ class Delivery:
             return None
         if batch.wave_id is not None and batch.wave_id in self._cancelled:
             async with self._lock:
-                await self._cancel(self._part(event, batch))
+                cancelled = self._part(event, batch)
+                await self._cancel(cancelled)
+                await self._publish(cancelled)
             return None
         waiting = batch.release_at is not None and self._clock() < batch.release_at.timestamp()
         # A batch everyone of which is in sent went out already: not held, recorded as duplicates.
@@ -255,12 +256,8 @@ class Delivery:
             return None
         return self._part(event, batch)
 
-    async def _finish(self, part: _Part, *, publish: bool = True) -> bool:
-        """Deliver ``part`` and record it.
-
-        With ``publish`` False only the sent ids are recorded; True is returned when the
-        delivery records are still to be written (:meth:`_publish`), which the caller does.
-        """
+    async def _finish(self, part: _Part) -> None:
+        """Deliver ``part`` and record its sent ids; its delivery records are the caller's to write."""
         async with self._lock:
             # Read again under the lock: the batch before may have sent one of these since.
             kept = []
@@ -270,7 +267,7 @@ class Delivery:
                 else:
                     kept.append(alert)
             part.alerts = kept
-            return await self._deliver(part, publish=publish)
+            await self._deliver(part)
 
     async def release_due(self) -> int:
         """Settle the held batches that are due at ``clock()``, or cancelled; return how many.
@@ -300,11 +297,12 @@ class Delivery:
                         release_at=batch.release_at.isoformat() if batch.release_at else None,
                     )
                     await self._deliver(part)
+                await self._publish(part)
                 self._held.release(batch.batch_id)
         return len(due)
 
     async def _cancel(self, part: _Part, detail: str | None = None) -> None:
-        """Record ``cancelled`` for everyone of ``part`` not sent already; hand nothing to the sink."""
+        """Mark everyone of ``part`` not sent already ``cancelled``; hand nothing to the sink."""
         part.outcomes.extend((alert, DeliveryOutcome.CANCELLED, 0, None, detail) for alert in part.alerts)
         part.alerts = []
         log.info(
@@ -314,7 +312,7 @@ class Delivery:
             partition=part.partition,
             alerts=len(part.alerts),
         )
-        await self._record(part)
+        await self._record_sent(part)
 
     def _part(self, event: RawEvent | _Held, batch: AlertBatch) -> _Part:
         part = _Part(event=event, batch=batch, alerts=[])
@@ -345,12 +343,12 @@ class Delivery:
         part.alerts = kept
         return None
 
-    async def _deliver(self, part: _Part, *, publish: bool = True) -> bool:
-        """Hand ``part`` to the sink and record the outcomes (see :meth:`_finish` for ``publish``)."""
+    async def _deliver(self, part: _Part) -> None:
+        """Hand ``part`` to the sink and record its sent ids (the delivery records are :meth:`_publish`'s)."""
         whole = self._screened(part)
         if whole is not None:
             await self._cancel(part, whole)
-            return False
+            return
 
         def count_retries(records: int) -> None:
             self._metrics.deliveries.labels(self._sink.name, "failed").inc(records)
@@ -370,16 +368,7 @@ class Delivery:
                 part.outcomes.append(
                     (done.record, DeliveryOutcome.DEAD_LETTERED, done.attempts, None, done.error)
                 )
-        if not publish:
-            await self._record_sent(part)
-            return True
-        await self._record(part)
-        return False
-
-    async def _record(self, part: _Part) -> None:
-        """Record what became of ``part``'s alerts: sent ids, dead letters, delivery events."""
         await self._record_sent(part)
-        await self._publish(part)
 
     async def _record_sent(self, part: _Part) -> None:
         """Add the alerts of ``part`` the sink took to ``sent``, and wait until the broker has the row.
