@@ -304,7 +304,6 @@ class Delivery:
     async def _cancel(self, part: _Part, detail: str | None = None) -> None:
         """Mark everyone of ``part`` not sent already ``cancelled``; hand nothing to the sink."""
         part.outcomes.extend((alert, DeliveryOutcome.CANCELLED, 0, None, detail) for alert in part.alerts)
-        part.alerts = []
         log.info(
             "alerts.cancelled",
             batch_id=part.batch.batch_id,
@@ -312,6 +311,7 @@ class Delivery:
             partition=part.partition,
             alerts=len(part.alerts),
         )
+        part.alerts = []
         await self._record_sent(part)
 
     def _part(self, event: RawEvent | _Held, batch: AlertBatch) -> _Part:
