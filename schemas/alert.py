@@ -7,12 +7,13 @@ sink batch of subscribers of one partition and one language, the case written on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints
 
-from ._base import Event, stable_id
+from ._base import Event, stable_id, stable_ids
 from .case_update import PublicCase
 from .geography import Region
 from .vocabulary import Language
@@ -24,6 +25,7 @@ __all__ = [
     "MatchReason",
     "Recipient",
     "alert_id_for",
+    "alert_ids_for",
     "batch_id_for",
     "digest_event_id_for",
     "reminded_event_id",
@@ -52,6 +54,12 @@ def digest_event_id_for(frequency: str, due: datetime) -> str:
 def alert_id_for(event_id: str, subscriber_id: str) -> str:
     """The alert id of (event, subscriber): the same on every replay, on every worker."""
     return "alr-" + stable_id(event_id, subscriber_id, length=32)
+
+
+def alert_ids_for(event_id: str) -> Callable[[str], str]:
+    """:func:`alert_id_for` of ``event_id`` as a function of the subscriber id, for many people."""
+    ids = stable_ids(event_id, length=32)
+    return lambda subscriber_id: "alr-" + ids(subscriber_id)
 
 
 def batch_id_for(

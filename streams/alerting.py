@@ -18,7 +18,7 @@ from schemas import (
     Recipient,
     Subscription,
     action_id_for,
-    alert_id_for,
+    alert_ids_for,
     batch_id_for,
     release_at,
     reminder_event_id_for,
@@ -86,11 +86,12 @@ def alert_batches(
     batches (``reminder``) are given the reminder's event id (:func:`schemas.reminder_event_id_for`).
     """
     by_language: dict[str, list[Recipient]] = {}
+    alert_id_of = alert_ids_for(event_id)
     for subscription, reason in people:
         # Values come from a validated subscription and the validated case.
         by_language.setdefault(subscription.language, []).append(
             Recipient.trusted(
-                alert_id=alert_id_for(event_id, subscription.subscriber_id),
+                alert_id=alert_id_of(subscription.subscriber_id),
                 subscriber_id=subscription.subscriber_id,
                 email=subscription.email,
                 name=subscription.name,

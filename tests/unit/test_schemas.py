@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import CaseUpdate, Region, Subscription, alert_id_for, subscriber_id_for
@@ -140,3 +142,21 @@ def test_ids_stay_what_they_were_so_records_written_before_an_upgrade_still_matc
     # The canonical form ids have always hashed: JSON with sorted keys and no spaces.
     canonical = json.dumps(["evt-1", "sub-é"], sort_keys=True, separators=(",", ":"))
     assert alert_id_for("evt-1", "sub-é") == "alr-" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@settings(max_examples=300)
+@given(
+    event_id=st.text(),
+    subscriber_ids=st.lists(st.text(), max_size=5),
+    fixed=st.lists(st.integers() | st.text()),
+)
+def test_ids_made_many_at_a_time_are_the_ids_made_one_at_a_time(
+    event_id: str, subscriber_ids: list[str], fixed: list[int | str]
+) -> None:
+    from schemas import alert_id_for, alert_ids_for
+    from schemas._base import stable_id, stable_ids
+
+    alert_id_of = alert_ids_for(event_id)
+    assert [alert_id_of(s) for s in subscriber_ids] == [alert_id_for(event_id, s) for s in subscriber_ids]
+    ids = stable_ids(*fixed, length=24)
+    assert [ids(s) for s in subscriber_ids] == [stable_id(*fixed, s, length=24) for s in subscriber_ids]
