@@ -251,6 +251,11 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         async def _run_connectors() -> None:
             await connector_runtime.run(connectors_stopping)
 
+    @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def _open_sink() -> None:
+        # A sink in its own process takes a second to start: not on the first urgent action's time.
+        await delivery.open()
+
     @app.agent(case_updates, name="fanout")
     async def _fanout(stream: Any) -> None:
         async for event in stream.events():

@@ -130,17 +130,32 @@ class Delivery:
         self._sleep = sleep
         self.stage = f"delivery:{sink.name}"
         self._ready = False
+        self._opening = asyncio.Lock()
         self._inflight: asyncio.Task[None] | None = None
         self._tails: set[asyncio.Task[None]] = set()
         """Batches whose sent ids are recorded and whose delivery records are being written."""
         self._failed_tail: BaseException | None = None
 
     async def _setup_once(self) -> None:
-        # The sink is opened on first use, inside the worker's event loop, so that a
-        # sink's clients belong to the loop that will use them.
-        if not self._ready:
-            await self._sink.setup()
-            self._ready = True
+        # Inside the worker's event loop, so that a sink's clients belong to the loop that
+        # will use them; by :meth:`open` at start, or else on first use.
+        async with self._opening:
+            if not self._ready:
+                await self._sink.setup()
+                self._ready = True
+
+    async def open(self) -> None:
+        """Open the sink ahead of the first batch, which then goes out without waiting for it.
+
+        A sink that cannot open yet (its server down, its process not starting) is only
+        logged: the first batch tries again and, failing, is retried as before.
+        """
+        try:
+            await self._setup_once()
+        except Exception as exc:
+            log.warning("sink.open_failed", sink=self._sink.name, error=str(exc), retry="on the first batch")
+        else:
+            log.info("sink.opened", sink=self._sink.name)
 
     async def close(self) -> None:
         """Close the sink if it was opened (its connections, its clients), once its batch is recorded."""

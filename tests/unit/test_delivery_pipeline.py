@@ -223,3 +223,53 @@ def test_delivery_records_the_broker_refused_are_raised_by_the_next_take_and_not
 
     asyncio.run(run())
     assert acked == []  # the agent stops; the record is read again, and sent keeps it from the sink
+
+
+class _SlowToOpenSink(MemorySink):
+    """Counts its setups; the first ``failures`` of them fail as a server that is down would."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__()
+        self.setups = 0
+        self.failures = failures
+
+    async def setup(self) -> None:
+        self.setups += 1
+        await asyncio.sleep(0.01)
+        if self.setups <= self.failures:
+            raise ConnectionRefusedError("the mail server is down")
+
+
+def test_the_sink_opened_at_start_is_opened_once_even_when_a_batch_comes_meanwhile() -> None:
+    world = Partition()
+    sink = _SlowToOpenSink()
+    world.delivery._sink = sink
+    acked: list[int] = []
+
+    async def run() -> None:
+        opening = asyncio.create_task(world.delivery.open())
+        await asyncio.sleep(0)
+        await world.delivery.take(_Event(batch_of("evt-1", "a@example.org"), 0, acked))  # type: ignore[arg-type]
+        await opening
+        await world.delivery.drain()
+
+    asyncio.run(run())
+    assert sink.setups == 1
+    assert len(sink.delivered) == 1 and acked == [0]
+
+
+def test_a_sink_that_cannot_open_at_start_is_opened_by_the_first_batch() -> None:
+    world = Partition()
+    sink = _SlowToOpenSink(failures=1)
+    world.delivery._sink = sink
+    acked: list[int] = []
+
+    async def run() -> None:
+        await world.delivery.open()  # logged, not raised
+        assert sink.setups == 1 and sink.delivered == []
+        await world.delivery.take(_Event(batch_of("evt-1", "a@example.org"), 0, acked))  # type: ignore[arg-type]
+        await world.delivery.drain()
+
+    asyncio.run(run())
+    assert sink.setups == 2
+    assert len(sink.delivered) == 1 and acked == [0]
