@@ -18,10 +18,10 @@ class _PromptConsumerThread(AIOKafkaConsumerThread):
     faust fixes the fetch wait at 1.5 s. A broker that does not answer a waiting fetch as
     soon as a record arrives (the embedded one does not) then holds every hop of the
     pipeline (case-updates → case-fanout → alerts) for up to that long; Kafka answers at
-    once. ``MOBILISE_FETCH_MAX_WAIT_MS`` sets it (see the setting for why the default stays).
+    once. ``MOBILISE_FETCH_MAX_WAIT_MS`` sets it (500 by default, Kafka's own default).
     """
 
-    fetch_max_wait_ms: int = 1500
+    fetch_max_wait_ms: int = 500
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
@@ -45,7 +45,7 @@ class RewindingConsumer(AIOKafkaConsumer):
     """
 
     inputs: frozenset[str] = frozenset()
-    fetch_max_wait_ms: int = 1500
+    fetch_max_wait_ms: int = 500
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         thread = _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
