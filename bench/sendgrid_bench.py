@@ -416,7 +416,7 @@ def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
     spy = subprocess.Popen(
         [
             *(str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--rate", "200"),
-            *("--format", "raw", "--threads", "--output", str(output)),
+            *("--format", "raw", "--threads", "--subprocesses", "--output", str(output)),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
