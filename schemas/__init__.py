@@ -27,7 +27,7 @@ from .case_update import (
     action_id_for,
 )
 from .dead_letter import DeadLetter, FieldError
-from .delivery import DeliveryEvent, DeliveryOutcome
+from .delivery import DeliveryEvent, DeliveryOutcome, DeliveryRecords
 from .geography import Country, Region, country_name, known_countries, region_of
 from .subscription import Subscription, subscriber_id_for
 from .suppression import (
@@ -66,6 +66,7 @@ __all__ = [
     "DeadLetter",
     "DeliveryEvent",
     "DeliveryOutcome",
+    "DeliveryRecords",
     "DigestEntry",
     "Factory",
     "FieldError",

@@ -15,7 +15,7 @@ import structlog
 from connectors.attempts import deliver_with_retries
 from connectors.base import Sink
 from connectors.sink_process import SinkProcess
-from schemas import Alert, AlertBatch, DeliveryEvent, DeliveryOutcome
+from schemas import Alert, AlertBatch, DeliveryOutcome, DeliveryRecords
 
 from .bulk import BulkProducer
 from .metrics import PipelineMetrics, observe_many
@@ -412,27 +412,24 @@ class Delivery:
                 )
         now = datetime.now(UTC)
         sink = self._sink.name
+        encoder = DeliveryRecords(sink, now)
         counts: dict[str, int] = {}
         records = []
         # Bound once: each attribute access of the module's lazy logger binds a new one.
         per_alert = log.bind()
         for alert, kind, attempts, message_id, detail in part.outcomes:
             counts[kind.value] = counts.get(kind.value, 0) + 1
-            delivery = DeliveryEvent.trusted(
-                schema_version=2,
+            value = encoder.encode(
                 alert_id=alert.alert_id,
                 event_id=alert.event_id,
                 case_id=alert.case.case_id,
                 subscriber_id=alert.subscriber_id,
-                sink=sink,
                 outcome=kind,
                 provider_message_id=message_id,
                 attempts=attempts,
                 detail=detail,
-                provider_event_id=None,
-                at=now,
             )
-            records.append((alert.subscriber_id.encode("utf-8"), delivery.model_dump_json().encode("utf-8")))
+            records.append((alert.subscriber_id.encode("utf-8"), value))
             per_alert.debug(
                 "alert.delivered" if kind is not DeliveryOutcome.DEAD_LETTERED else "alert.dead_lettered",
                 alert_id=alert.alert_id,

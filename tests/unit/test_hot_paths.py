@@ -5,10 +5,22 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
 from connectors.base import SinkOutcome
-from schemas import Alert, AlertBatch, CaseUpdate, DeliveryEvent, MatchReason, Recipient, Subscription
+from schemas import (
+    Alert,
+    AlertBatch,
+    CaseUpdate,
+    DeliveryEvent,
+    DeliveryOutcome,
+    DeliveryRecords,
+    MatchReason,
+    Recipient,
+    Subscription,
+)
 from streams.alerting import alert_batches
 from streams.metrics import observe_many
 
@@ -87,6 +99,45 @@ def test_a_trusted_delivery_event_serialises_as_the_validated_one() -> None:
     validated = DeliveryEvent.model_validate_json(json.dumps(values))
     fast = DeliveryEvent.trusted(**dict(validated))
     assert fast.model_dump_json() == validated.model_dump_json()
+
+
+_ID = st.text(alphabet=st.characters(codec="ascii", categories=["L", "N"]), min_size=1) | st.text()
+
+
+@settings(max_examples=400)
+@given(
+    texts=st.tuples(_ID, _ID, _ID, _ID, _ID),
+    message_id=st.none() | _ID,
+    detail=st.none() | st.text(),
+    attempts=st.integers(min_value=0, max_value=10**6),
+    outcome=st.sampled_from(DeliveryOutcome),
+    at=st.datetimes(timezones=st.just(UTC)),
+)
+def test_delivery_records_are_the_bytes_of_the_model(
+    texts: tuple[str, str, str, str, str],
+    message_id: str | None,
+    detail: str | None,
+    attempts: int,
+    outcome: DeliveryOutcome,
+    at: datetime,
+) -> None:
+    alert_id, event_id, case_id, subscriber_id, sink = texts
+    fields = {
+        "alert_id": alert_id,
+        "event_id": event_id,
+        "case_id": case_id,
+        "subscriber_id": subscriber_id,
+        "outcome": outcome,
+        "provider_message_id": message_id,
+        "attempts": attempts,
+        "detail": detail,
+    }
+    # What the delivery stage wrote before: a model of the values it has, validated already.
+    values = {"schema_version": 2, "sink": sink, "provider_event_id": None, "at": at, **fields}
+    model = DeliveryEvent.trusted(**{name: values[name] for name in DeliveryEvent.model_fields})
+    encoded = DeliveryRecords(sink, at).encode(**fields)
+    assert encoded == model.model_dump_json().encode("utf-8")
+    assert json.loads(encoded)["alert_id"] == alert_id and json.loads(encoded)["detail"] == detail
 
 
 def test_an_accept_outcome_equals_the_validated_one() -> None:
