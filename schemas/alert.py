@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, StringConstraints
 
-from ._base import Event, stable_id, stable_ids
+from ._base import Event, stable_id, stable_ids, trusted_maker
 from .case_update import PublicCase
 from .geography import Region
 from .vocabulary import Language
@@ -206,23 +206,34 @@ class AlertBatch(Event):
 
         Built without validating again: every value was validated as part of this batch.
         """
+        alert = trusted_maker(
+            Alert,
+            {
+                "schema_version": 1,
+                "alert_id": "",
+                "event_id": self.event_id,
+                "subscriber_id": "",
+                "email": "",
+                "name": None,
+                "language": self.language,
+                "case": self.case,
+                "reason": None,
+                "home_country": None,
+                "follow_up": self.follow_up,
+                "reminder": self.reminder,
+                "digest": self.digest,
+                "digest_frequency": self.digest_frequency,
+                "created_at": self.created_at,
+            },
+        )
         return [
-            Alert.trusted(
-                schema_version=1,
+            alert(
                 alert_id=r.alert_id,
-                event_id=self.event_id,
                 subscriber_id=r.subscriber_id,
                 email=r.email,
                 name=r.name,
-                language=self.language,
-                case=self.case,
                 reason=r.reason,
                 home_country=r.home_country,
-                follow_up=self.follow_up,
-                reminder=self.reminder,
-                digest=self.digest,
-                digest_frequency=self.digest_frequency,
-                created_at=self.created_at,
             )
             for r in self.recipients
         ]

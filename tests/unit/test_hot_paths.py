@@ -78,7 +78,13 @@ def test_trusted_recipients_and_alerts_equal_their_validated_selves() -> None:
         for alert in batch.alerts():
             validated = Alert.model_validate_json(alert.model_dump_json())
             assert validated == alert and validated.model_dump() == alert.model_dump()
+            assert alert.model_dump_json() == validated.model_dump_json()  # fields in their order
             assert alert.model_fields_set == set(Alert.model_fields)
+    # Alerts of one batch share what they can; a copy of one changes none of the others.
+    first, second = next(b for b in batches if len(b.recipients) > 1).alerts()[:2]
+    changed = first.model_copy(update={"name": "Someone"})
+    assert changed.name == "Someone" and first.name != "Someone" and second.name != "Someone"
+    assert changed.model_fields_set == first.model_fields_set == set(Alert.model_fields)
 
 
 def test_a_trusted_delivery_event_serialises_as_the_validated_one() -> None:
