@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -223,6 +224,23 @@ def test_requests_are_sent_as_json_which_the_fake_insists_on() -> None:
             assert "application/json" in (await answer.json())["errors"][0]["message"]
 
     with_sink(test)
+
+
+def test_the_http_library_logs_no_address_even_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:
+    alerts = make_alerts(3)
+
+    async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
+        # The sink keeps the library's logger at INFO; an operator may turn it up again.
+        caplog.set_level(logging.DEBUG, logger="python_http_client")
+        await sink.deliver(alerts)
+        assert fake.statuses() == [202]
+        assert {p["to"][0]["email"] for p in fake.personalizations()} == {a.email for a in alerts}
+
+    with_sink(test)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("python_http_client")]
+    payloads = [line for line in lines if line.startswith("POST Request") or line.startswith("PAYLOAD")]
+    assert any("bytes of JSON>" in line for line in payloads)
+    assert not [line for line in lines if any(a.email in line for a in alerts)]
 
 
 def test_three_languages_take_one_request_per_thousand_per_language() -> None:
