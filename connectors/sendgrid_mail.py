@@ -552,9 +552,9 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
     def _post(self, client: sendgrid.SendGridAPIClient, body: _Body) -> tuple[int, Mapping[str, str], str]:
         """POST /v3/mail/send with a JSON ``body``; the status, headers and body of the answer."""
         try:
-            # The library sends a str as it is when the content type is not exactly
-            # "application/json" (which it would encode again): the body was encoded while
-            # the batch before was being sent.
+            # When the content type is not exactly "application/json" (which would make it
+            # encode the body again), the library sends what the body's encode() gives: the
+            # JSON encoded while the batch before was being sent.
             response = client.client.mail.send.post(
                 request_body=body, request_headers=_JSON_CONTENT, timeout=self.config.sendgrid_timeout
             )
