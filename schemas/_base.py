@@ -23,9 +23,14 @@ def trusted(cls: type[_M], **values: Any) -> _M:
     around it: every field must be given (no defaults are filled in), each in its validated
     form. Tests hold each use to the validated model's equal.
     """
+    return _assembled(cls, values, set(values))
+
+
+def _assembled(cls: type[_M], state: dict[str, Any], fields: set[str]) -> _M:
+    """A ``cls`` holding ``state`` as it is, as pydantic's ``model_construct`` leaves one."""
     model = cls.__new__(cls)
-    object.__setattr__(model, "__dict__", values)
-    object.__setattr__(model, "__pydantic_fields_set__", set(values))
+    object.__setattr__(model, "__dict__", state)
+    object.__setattr__(model, "__pydantic_fields_set__", fields)
     object.__setattr__(model, "__pydantic_extra__", None)
     object.__setattr__(model, "__pydantic_private__", None)
     return model
@@ -40,17 +45,11 @@ def trusted_maker(cls: type[_M], template: dict[str, Any]) -> Callable[..., _M]:
     fields of which few differ (an alert per person of a batch).
     """
     fields = set(template)  # shared: the models are frozen, and model_copy copies it
-    copy, new, assign = template.copy, cls.__new__, object.__setattr__
 
     def make(**values: Any) -> _M:
-        state = copy()
+        state = template.copy()
         state.update(values)
-        model = new(cls)
-        assign(model, "__dict__", state)
-        assign(model, "__pydantic_fields_set__", fields)
-        assign(model, "__pydantic_extra__", None)
-        assign(model, "__pydantic_private__", None)
-        return model
+        return _assembled(cls, state, fields)
 
     return make
 
