@@ -708,6 +708,8 @@ class EndToEnd:
     subscribers: int
     batch_size: int
     rate: str
+    concurrency: str
+    latency: float
     indexing_s: float
     last_matched_s: float
     first_202_s: float
@@ -726,6 +728,8 @@ class EndToEnd:
             ("subscriptions (matching / total)", f"{m:,} / {self.subscribers:,}"),
             ("MOBILISE_DELIVERY_BATCH_SIZE", f"{self.batch_size:,}"),
             ("MOBILISE_SENDGRID_MAX_REQUESTS_PER_SECOND", self.rate),
+            ("MOBILISE_SENDGRID_CONCURRENCY", self.concurrency),
+            ("the fake's round trip per request", f"{self.latency * 1000:.0f} ms"),
             ("publish → every subscription indexed", f"{self.indexing_s:.1f} s"),
             ("t0 → last case_update.matched (match + produce alerts)", f"{self.last_matched_s:.1f} s"),
             ("t0 → first 202", f"{self.first_202_s:.1f} s"),
@@ -758,7 +762,7 @@ class EndToEnd:
 def run_e2e(args: argparse.Namespace, work: Path) -> EndToEnd:
     deadline = time.monotonic() + args.timeout
     broker = EmbeddedBroker(log_path=work / "tansu.log")
-    fake = FakeProcess()
+    fake = FakeProcess(delay=args.e2e_latency)
     worker: Worker | None = None
     spy: subprocess.Popen[bytes] | None = None
     try:
@@ -783,6 +787,8 @@ def run_e2e(args: argparse.Namespace, work: Path) -> EndToEnd:
         )
         if args.e2e_rate is not None:
             env["MOBILISE_SENDGRID_MAX_REQUESTS_PER_SECOND"] = str(args.e2e_rate)
+        if args.e2e_concurrency is not None:
+            env["MOBILISE_SENDGRID_CONCURRENCY"] = str(args.e2e_concurrency)
         if args.links:
             env.update(MOBILISE_PUBLIC_URL=PUBLIC_URL, MOBILISE_SECRET_KEY=SECRET)
         worker = Worker(env, work / "worker.log")
@@ -869,6 +875,8 @@ def run_e2e(args: argparse.Namespace, work: Path) -> EndToEnd:
             subscribers=len(people),
             batch_size=args.e2e_batch_size,
             rate="10 (default)" if args.e2e_rate is None else f"{args.e2e_rate:,.0f}",
+            concurrency="4 (default)" if args.e2e_concurrency is None else str(args.e2e_concurrency),
+            latency=args.e2e_latency,
             indexing_s=indexing,
             last_matched_s=max(worker.state.matched_times) - t0,
             first_202_s=summary["first_202"] - t0,
@@ -923,6 +931,10 @@ def main() -> None:
         default=None,
         help="e2e: MOBILISE_SENDGRID_MAX_REQUESTS_PER_SECOND (default: unset)",
     )
+    parser.add_argument(
+        "--e2e-concurrency", type=int, default=None, help="e2e: MOBILISE_SENDGRID_CONCURRENCY (default: 4)"
+    )
+    parser.add_argument("--e2e-latency", type=float, default=0.0, help="e2e: fake's delay per request in s")
     parser.add_argument("--timeout", type=float, default=1800.0, help="e2e: bound of the whole run, seconds")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--py-spy", type=Path, default=None, help="record with py-spy into DIR")

@@ -20,6 +20,7 @@ import re
 import time
 import urllib.error
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from typing import Any, ClassVar, Literal
@@ -93,6 +94,10 @@ class SendGridConfig(EmailSinkConfig):
     """Ceiling on requests per second from one worker (bursts up to one second's worth)."""
     sendgrid_timeout: float = Field(default=30.0, gt=0, le=600)
     """Seconds to wait for SendGrid's answer to one request before calling it retryable."""
+    sendgrid_concurrency: int = Field(default=4, ge=1, le=32)
+    """Requests of one delivery batch in flight at once (a batch of more than 1,000 people,
+    or in several variants, is several requests): SendGrid's round trip is paid once per
+    round of requests instead of once per request."""
 
     settings_name: ClassVar[str] = "SendGrid"
     secret_fields: ClassVar[frozenset[str]] = frozenset({"sendgrid_api_key", "secret_key"})
@@ -441,8 +446,10 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
     X-RateLimit-Reset, and the rest of the batch is not sent either; 5xx, timeouts and
     connection errors retryable; 4xx permanent with SendGrid's errors (a 400 naming
     particular personalizations fails only those, and the rest are tried again). Other
-    requests of the batch proceed. The request rate of one worker is capped by
-    ``MOBILISE_SENDGRID_MAX_REQUESTS_PER_SECOND``.
+    requests of the batch proceed. A batch's requests go out in order, up to
+    ``MOBILISE_SENDGRID_CONCURRENCY`` at once; after a 429 or a lost connection the ones not
+    yet started are not sent, and those already in flight keep their own answers. The
+    request rate of one worker is capped by ``MOBILISE_SENDGRID_MAX_REQUESTS_PER_SECOND``.
     """
 
     name = "sendgrid"
@@ -464,6 +471,8 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
         self._bucket = TokenBucket(config.sendgrid_max_requests_per_second)
         self._identity = config.identity()
         self._client: sendgrid.SendGridAPIClient | None = None
+        # One thread per request in flight: the default executor has as few as five.
+        self._requests: ThreadPoolExecutor | None = None
         self._ahead: Lookahead[_Plan] = Lookahead()
 
     async def setup(self) -> None:
@@ -475,11 +484,13 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
         self._client = sendgrid.SendGridAPIClient(
             api_key=self.config.sendgrid_api_key.get_secret_value(), host=self.config.sendgrid_host
         )
+        self._requests = ThreadPoolExecutor(self.config.sendgrid_concurrency, thread_name_prefix="sendgrid")
         log.info(
             "sendgrid.ready",
             host=self.config.sendgrid_host,
             sandbox=self.config.sendgrid_sandbox,
             max_requests_per_second=self.config.sendgrid_max_requests_per_second,
+            concurrency=self.config.sendgrid_concurrency,
             one_click_unsubscribe=self.config.public_url is not None,
         )
         if self.config.sendgrid_sandbox:
@@ -492,6 +503,9 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
     async def close(self) -> None:
         """Forget the client (the library opens a connection per request; none stays open)."""
         self._client = None
+        if self._requests is not None:
+            self._requests.shutdown(wait=False)
+            self._requests = None
         self._ahead.discard()
 
     async def prepare(self, alerts: Sequence[Alert]) -> None:
@@ -499,28 +513,32 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
         self._ahead.start(alert_ids(alerts), lambda: self._plan(alerts))
 
     async def deliver(self, alerts: Sequence[Alert]) -> Sequence[SinkOutcome]:
-        """Send the batch as few requests as the limits allow; one outcome per alert."""
+        """Send the batch as few requests as the limits allow, several at once; one outcome per alert."""
         if not alerts:
             return []
         requests, outcomes = await self._ahead.take(alert_ids(alerts), lambda: self._plan(alerts))
+        # FIFO: the requests start in the batch's order, at most `slots` of them at a time.
+        slots = asyncio.Semaphore(self.config.sendgrid_concurrency)
         halted: Verdict | None = None
-        for request, encoded in requests:
-            if halted is not None:
-                outcomes.extend(
-                    SinkOutcome(
-                        record_id=alert_id,
-                        accepted=False,
-                        retryable=True,
-                        retry_after=halted.retry_after,
-                        error=f"not sent, an earlier request of the batch failed: {halted.error}",
-                    )
-                    for alert_id in request.alert_ids
-                )
-                continue
-            verdict = await self._send(request, encoded)
-            outcomes.extend(_outcomes(request, verdict))
-            if verdict.halt:
-                halted = verdict
+
+        async def send(request: MailRequest, encoded: _Body) -> list[SinkOutcome]:
+            nonlocal halted
+            async with slots:
+                # Read once a slot is free: a request that halted the batch has its verdict by then.
+                if halted is not None:
+                    return _not_sent(request, halted)
+                verdict = await self._send(request, encoded)
+                if verdict.halt and halted is None:
+                    halted = verdict
+                return _outcomes(request, verdict)
+
+        # Every request finishes before an unexpected error is raised, so none is still
+        # being sent when the batch is handed back for a retry.
+        answers = await asyncio.gather(*(send(r, e) for r, e in requests), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            outcomes.extend(answer)
         return outcomes
 
     async def _plan(self, alerts: Sequence[Alert]) -> _Plan:
@@ -534,7 +552,7 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
         return list(zip(requests, encoded, strict=True)), outcomes
 
     async def _send(self, request: MailRequest, encoded: _Body) -> Verdict:
-        if self._client is None:
+        if self._client is None or self._requests is None:
             raise RuntimeError("SendGridSink.deliver() was called before setup()")
         wait = self._bucket.reserve(self._clock())
         if wait > 0:
@@ -542,7 +560,9 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
         try:
             # The library is synchronous (urllib): the request runs in a thread so the
             # worker's event loop keeps serving Kafka meanwhile.
-            status, headers, body = await asyncio.to_thread(self._post, self._client, encoded)
+            status, headers, body = await asyncio.get_running_loop().run_in_executor(
+                self._requests, self._post, self._client, encoded
+            )
             verdict = judge_response(status, headers, body, now=self._wall_clock())
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             verdict = Verdict(kind="retryable", error=f"no answer from SendGrid: {exc!r}", halt=True)
@@ -595,6 +615,19 @@ def _text(body: bytes | str | None) -> str:
     if isinstance(body, bytes):
         return body.decode("utf-8", errors="replace")
     return body or ""
+
+
+def _not_sent(request: MailRequest, halted: Verdict) -> list[SinkOutcome]:
+    return [
+        SinkOutcome(
+            record_id=alert_id,
+            accepted=False,
+            retryable=True,
+            retry_after=halted.retry_after,
+            error=f"not sent, an earlier request of the batch failed: {halted.error}",
+        )
+        for alert_id in request.alert_ids
+    ]
 
 
 def _outcomes(request: MailRequest, verdict: Verdict) -> list[SinkOutcome]:

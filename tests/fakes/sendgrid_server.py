@@ -280,6 +280,9 @@ class FakeSendGrid(LoopbackServer):
         self._script: list[Answer] = []
         self.delay = 0.0
         """Seconds to wait before answering each request (a slow API); may be changed at any time."""
+        self.in_flight = 0
+        self.most_in_flight = 0
+        """The most requests it was handling at once."""
         self._rate_limited_until = 0.0
         self._lock = threading.Lock()
 
@@ -341,6 +344,16 @@ class FakeSendGrid(LoopbackServer):
     # -- the server ------------------------------------------------------------------------
 
     async def _mail_send(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._handle(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._answer(

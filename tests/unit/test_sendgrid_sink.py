@@ -122,6 +122,10 @@ class FakeTime:
         self.now += seconds
 
 
+SEQUENTIAL = 1
+"""One request at a time: the fake's scripted answers meet a batch's requests in their order."""
+
+
 def with_sink(test: Callable[[SendGridSink, FakeSendGrid, FakeTime], Awaitable[T]], **settings: Any) -> T:
     """Run ``test`` with a set-up sink talking to a fresh fake server, on a fake clock."""
 
@@ -169,6 +173,22 @@ async def deliver_like_the_framework(
 
 def sent_alert_ids(fake: FakeSendGrid) -> Counter[str]:
     return Counter(p["custom_args"]["alert_id"] for p in fake.personalizations())
+
+
+async def retry_once_sends_the_rest(
+    sink: SendGridSink,
+    fake: FakeSendGrid,
+    time: FakeTime,
+    alerts: Sequence[Alert],
+    outcomes: Sequence[SinkOutcome],
+) -> None:
+    """One retry of the alerts ``outcomes`` did not accept sends them, and everyone got one email in all."""
+    accepted = {o.record_id for o in outcomes if o.accepted}
+    final, attempts = await deliver_like_the_framework(
+        sink, [a for a in alerts if a.alert_id not in accepted], time
+    )
+    assert attempts == 1 and all(o.accepted for o in final.values())
+    assert sent_alert_ids(fake) == Counter({a.alert_id: 1 for a in alerts})
 
 
 # -- batching ------------------------------------------------------------------------------
@@ -381,7 +401,7 @@ def test_rate_limited_then_accepted_loses_nothing_and_duplicates_nothing() -> No
         assert fake.statuses() == [202, 429, 202, 202]
         assert sent_alert_ids(fake) == Counter({a.alert_id: 1 for a in alerts})
 
-    with_sink(test)
+    with_sink(test, sendgrid_concurrency=SEQUENTIAL)
 
 
 def test_a_retry_before_the_reset_is_rate_limited_again() -> None:
@@ -416,7 +436,7 @@ def test_a_refused_request_fails_only_its_own_alerts() -> None:
         assert sum(o.accepted for o in outcomes) == 1500 and len(fake.accepted) == 2
         assert [e["status"] for e in logs if e["event"] == "sendgrid.rejected"] == [400]
 
-    with_sink(test)
+    with_sink(test, sendgrid_concurrency=SEQUENTIAL)
 
 
 def test_a_refusal_naming_one_personalization_fails_only_that_alert() -> None:
@@ -458,7 +478,7 @@ def test_after_a_dropped_connection_the_rest_of_the_batch_waits_for_the_retry() 
         assert fake.statuses() == [None]
         assert all(o.retryable for o in outcomes) and len(outcomes) == 2_500
 
-    with_sink(test)
+    with_sink(test, sendgrid_concurrency=SEQUENTIAL)
 
 
 def test_after_a_server_error_the_other_requests_proceed() -> None:
@@ -470,7 +490,65 @@ def test_after_a_server_error_the_other_requests_proceed() -> None:
         assert fake.statuses() == [502, 202, 202]
         assert sum(o.retryable for o in outcomes) == 1000 and sum(o.accepted for o in outcomes) == 1500
 
-    with_sink(test)
+    with_sink(test, sendgrid_concurrency=SEQUENTIAL)
+
+
+def test_a_batch_s_requests_are_in_flight_several_at_once() -> None:
+    alerts = make_alerts(4_500)  # five requests
+
+    async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
+        fake.delay = 0.2  # a provider's round trip
+        outcomes = await sink.deliver(alerts)
+        assert fake.most_in_flight == 3
+        assert all(o.accepted for o in outcomes) and len(outcomes) == 4_500
+        assert sent_alert_ids(fake) == Counter({a.alert_id: 1 for a in alerts})
+
+    with_sink(test, sendgrid_concurrency=3)
+
+
+def test_one_request_at_a_time_when_so_configured() -> None:
+    alerts = make_alerts(2_500)
+
+    async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
+        fake.delay = 0.05
+        await sink.deliver(alerts)
+        assert fake.most_in_flight == 1 and len(fake.accepted) == 3
+
+    with_sink(test, sendgrid_concurrency=SEQUENTIAL)
+
+
+def test_a_lost_connection_among_requests_in_flight_loses_nothing_and_duplicates_nothing() -> None:
+    alerts = make_alerts(4_500)  # five requests, two at a time
+
+    async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
+        fake.delay = 0.1
+        fake.script(DropConnection(), PASS)
+        outcomes = await sink.deliver(alerts)
+        # A request started before the sink learnt of the loss keeps its own answer; the
+        # retry then sends exactly the people no 202 covered.
+        statuses = fake.statuses()
+        assert statuses.count(None) == 1 and set(statuses) <= {None, 202}
+        assert sum(o.accepted for o in outcomes) == len(fake.personalizations())
+        assert all(o.retryable for o in outcomes if not o.accepted) and len(outcomes) == 4_500
+        await retry_once_sends_the_rest(sink, fake, time, alerts, outcomes)
+
+    with_sink(test, sendgrid_concurrency=2)
+
+
+def test_a_429_among_requests_in_flight_loses_nothing_and_duplicates_nothing() -> None:
+    alerts = make_alerts(4_500)
+
+    async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
+        fake.delay = 0.1
+        fake.script(RateLimited(reset_in=7))
+        outcomes = await sink.deliver(alerts)
+        # The other request in flight is refused too: nothing gets through before the reset.
+        assert fake.statuses() == [429, 429]
+        assert all(o.retryable and o.retry_after == 7.0 for o in outcomes) and len(outcomes) == 4_500
+        await time.sleep(7)
+        await retry_once_sends_the_rest(sink, fake, time, alerts, outcomes)
+
+    with_sink(test, sendgrid_concurrency=2)
 
 
 def test_a_wrong_key_is_a_permanent_failure_and_tells_the_operator() -> None:
@@ -601,7 +679,7 @@ def test_the_sink_waits_for_the_bucket_between_requests() -> None:
         assert len(fake.accepted) == 5
         assert time.slept == [0.5, 0.5, 0.5]  # a burst of two, then one every half second
 
-    with_sink(test, sendgrid_max_requests_per_second=2)
+    with_sink(test, sendgrid_max_requests_per_second=2, sendgrid_concurrency=SEQUENTIAL)
 
 
 def test_judging_answers() -> None:
@@ -646,6 +724,12 @@ def test_settings_name_the_variable_and_hide_the_key(monkeypatch: pytest.MonkeyP
     assert SECRET.get_secret_value() not in repr(config)
     assert config.public_url == "https://alerts.example.org"
     assert config.identity().links == PublicLinks("https://alerts.example.org", SECRET)
+    assert config.sendgrid_concurrency == 4
+    monkeypatch.setenv("MOBILISE_SENDGRID_CONCURRENCY", "0")
+    with pytest.raises(
+        ConfigurationError, match=r"MOBILISE_SENDGRID_CONCURRENCY='0': .*greater than or equal"
+    ):
+        SendGridConfig()
 
 
 def test_the_sink_is_found_through_its_entry_point() -> None:
