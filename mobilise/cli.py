@@ -414,11 +414,11 @@ def dev(demo: bool, port: int | None, web_port: int | None, connectors_file: Pat
     The emails' unsubscribe links point at the local web process, signed with a key kept
     in the data directory (so links in earlier emails keep working after a restart).
     """
-    from .broker import EmbeddedBroker, free_port
+    from .broker import EmbeddedBroker, free_port, port_is_free
     from .web import BackgroundWebServer
 
-    chosen = port or (9092 if _port_is_free(9092) else free_port())
-    web_chosen = web_port or (8080 if _port_is_free(8080) else free_port())
+    chosen = port or (9092 if port_is_free(9092) else free_port())
+    web_chosen = web_port or (8080 if port_is_free(8080) else free_port())
     os.environ.setdefault("MOBILISE_LOG_FORMAT", "console")
     if connectors_file is not None:
         from connectors.declarations import load_connectors
@@ -506,17 +506,6 @@ def _demo(settings: Settings, send: Callable[..., int], names: Any) -> Callable[
         threading.Thread(target=publish_updates, args=(pipeline,), name="demo", daemon=True).start()
 
     return observe
-
-
-def _port_is_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _describe(exc: ValidationError) -> str:
