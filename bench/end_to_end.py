@@ -27,8 +27,8 @@ What is measured, and how:
 
 CPU seconds used by each worker and by the broker during step 4 come from
 ``/proc/<pid>/stat``. Every wait is bounded by ``--timeout``; the workers and the broker are
-always stopped at the end. ``--py-spy DIR`` records each worker with py-spy during step 4
-(collapsed stacks, ``DIR/worker-N.txt``).
+always stopped at the end. ``--py-spy DIR`` records each worker (and its sink's process) with py-spy during
+step 4 (collapsed stacks by thread, ``DIR/worker-N.txt``).
 
 Run: ``python bench/end_to_end.py [--matching 50000] [--others 50000] [--workers 1|2]``.
 """
@@ -508,6 +508,8 @@ def run(args: argparse.Namespace, work: Path) -> Result:
                                 "200",
                                 "--format",
                                 "raw",
+                                "--threads",
+                                "--subprocesses",  # the sink's process too (MOBILISE_SINK_PROCESS)
                                 "--output",
                                 str(args.py_spy / f"worker-{n}.txt"),
                             ],
