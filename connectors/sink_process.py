@@ -32,7 +32,7 @@ import structlog
 from mobilise.errors import ConfigurationError, RetryableError
 from mobilise.interpreter import tune_interpreter
 from mobilise.logs import configure_logging
-from schemas import Alert, AlertBatch, Recipient
+from schemas import Alert, AlertBatch
 from schemas._base import trusted
 
 from .base import Sink, SinkConfig, SinkOutcome
@@ -46,18 +46,6 @@ _READY_TIMEOUT = 60.0
 """Seconds a child has to import the sink and run its ``setup``."""
 _CLOSE_TIMEOUT = 10.0
 """Seconds a child has to close its sink before it is terminated."""
-
-_SHARED = (
-    "event_id",
-    "language",
-    "case",
-    "follow_up",
-    "reminder",
-    "digest",
-    "digest_frequency",
-    "created_at",
-)
-"""The fields of an alert that every alert of one alert batch shares."""
 
 _PREPARED_DEPTH = 2
 """Prepared batches a child keeps: the next one and the one after (as the delivery stage reads them)."""
@@ -81,38 +69,12 @@ class _Start:
     log_level: str
 
 
-def _same(a: object, b: object) -> bool:
-    return a is b or a == b
-
-
 def _batches(alerts: Sequence[Alert]) -> list[bytes]:
     """``alerts`` as alert batch JSON, one per run of alerts that share their batch's fields."""
-    runs: list[list[Alert]] = []
-    for alert in alerts:
-        if runs and all(_same(getattr(runs[-1][0], f), getattr(alert, f)) for f in _SHARED):
-            runs[-1].append(alert)
-        else:
-            runs.append([alert])
-    encoded = []
-    for run in runs:
-        first = run[0]
-        batch = AlertBatch.model_construct(
-            batch_id="sink-process",
-            recipients=tuple(
-                Recipient.trusted(
-                    alert_id=a.alert_id,
-                    subscriber_id=a.subscriber_id,
-                    email=a.email,
-                    name=a.name,
-                    reason=a.reason,
-                    home_country=a.home_country,
-                )
-                for a in run
-            ),
-            **{f: getattr(first, f) for f in _SHARED},
-        )
-        encoded.append(batch.model_dump_json(exclude_defaults=True).encode("utf-8"))
-    return encoded
+    return [
+        batch.model_dump_json(exclude_defaults=True).encode("utf-8")
+        for batch in AlertBatch.of(alerts, batch_id="sink-process")
+    ]
 
 
 def _alerts(batches: list[bytes]) -> list[Alert]:

@@ -7,7 +7,7 @@ sink batch of subscribers of one partition and one language, the case written on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -19,6 +19,7 @@ from .geography import Region
 from .vocabulary import Language
 
 __all__ = [
+    "BATCH_FIELDS",
     "Alert",
     "AlertBatch",
     "DigestEntry",
@@ -238,7 +239,41 @@ class AlertBatch(Event):
             for r in self.recipients
         ]
 
+    @classmethod
+    def of(cls, alerts: Sequence[Alert], batch_id: str) -> list[AlertBatch]:
+        """The inverse of :meth:`alerts`: ``alerts`` as batches named ``batch_id``.
+
+        One batch per run of alerts that share the :data:`BATCH_FIELDS`. Built without
+        validating again: every value was validated as part of an alert.
+        """
+        runs: list[list[Alert]] = []
+        for alert in alerts:
+            if runs and all(_same(getattr(runs[-1][0], f), getattr(alert, f)) for f in BATCH_FIELDS):
+                runs[-1].append(alert)
+            else:
+                runs.append([alert])
+        return [
+            cls.model_construct(
+                batch_id=batch_id,
+                recipients=tuple(
+                    Recipient.trusted(**{f: getattr(a, f) for f in _PERSONAL_FIELDS}) for a in run
+                ),
+                **{f: getattr(run[0], f) for f in BATCH_FIELDS},
+            )
+            for run in runs
+        ]
+
     def only(self, alert_ids: frozenset[str]) -> AlertBatch:
         """This batch narrowed to the recipients in ``alert_ids`` (for a dead letter)."""
         kept = tuple(r for r in self.recipients if r.alert_id in alert_ids)
         return self.model_copy(update={"recipients": kept})
+
+
+BATCH_FIELDS = tuple(f for f in Alert.model_fields if f in AlertBatch.model_fields and f != "schema_version")
+"""The fields of an :class:`Alert` that its :class:`AlertBatch` holds once for all its recipients."""
+_PERSONAL_FIELDS = tuple(Recipient.model_fields)
+"""The fields of an :class:`Alert` that its :class:`Recipient` holds."""
+
+
+def _same(a: object, b: object) -> bool:
+    return a is b or a == b

@@ -21,6 +21,7 @@ from schemas import (
     Recipient,
     Subscription,
 )
+from schemas.alert import BATCH_FIELDS
 from streams.alerting import alert_batches
 from streams.metrics import observe_many
 
@@ -85,6 +86,29 @@ def test_trusted_recipients_and_alerts_equal_their_validated_selves() -> None:
     changed = first.model_copy(update={"name": "Someone"})
     assert changed.name == "Someone" and first.name != "Someone" and second.name != "Someone"
     assert changed.model_fields_set == first.model_fields_set == set(Alert.model_fields)
+
+
+def test_every_field_of_an_alert_is_held_by_its_batch_or_its_recipient() -> None:
+    # What AlertBatch.of and alerts() copy: a new Alert field must be added to one of them.
+    personal = set(Recipient.model_fields)
+    assert set(BATCH_FIELDS) | personal | {"schema_version"} == set(Alert.model_fields)
+    assert not set(BATCH_FIELDS) & personal
+
+
+def test_alerts_made_back_into_batches_are_the_same_alerts() -> None:
+    made = datetime(2026, 3, 1, tzinfo=UTC)
+    first = alert_batches(
+        event_id="evt-1", partition=0, case=CASE, created_at=made, people=_people(), batch_size=10
+    )
+    follow_ups = [b.model_copy(update={"follow_up": True}) for b in first]
+    alerts = [a for b in [*first, *follow_ups] for a in b.alerts()]
+    batches = AlertBatch.of(alerts, batch_id="again")
+    # One batch per run of alerts sharing a batch's fields: per language, then per kind.
+    assert len(batches) == 2 * len(first) and {b.batch_id for b in batches} == {"again"}
+    again = [a for b in batches for a in b.alerts()]
+    assert [a.model_dump_json() for a in again] == [a.model_dump_json() for a in alerts]
+    for batch in batches:
+        assert AlertBatch.model_validate_json(batch.model_dump_json(exclude_defaults=True)) == batch
 
 
 def test_a_trusted_delivery_event_serialises_as_the_validated_one() -> None:
