@@ -23,6 +23,9 @@ def free_port() -> int:
 def port_is_free(port: int) -> bool:
     """Whether a TCP port on 127.0.0.1 can be listened on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As a server binds: connections of a broker just stopped, waiting out TIME_WAIT on
+        # the port, do not make it taken; a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -39,3 +39,20 @@ def test_a_port_chosen_for_it_and_taken_before_the_start_is_chosen_again() -> No
             assert "proof" in admin.list_topics()
         finally:
             admin.close()
+
+
+def test_a_broker_stopped_with_clients_connected_starts_again_on_its_port() -> None:
+    broker = EmbeddedBroker()
+    with broker:
+        port = broker.port
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10_000)
+        admin.list_topics()
+    # The broker closed its connections first: they wait out TIME_WAIT on its port.
+    admin.close()
+    with broker:
+        assert broker.port == port
+        again = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10_000)
+        try:
+            assert again.list_topics() == []
+        finally:
+            again.close()
