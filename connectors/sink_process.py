@@ -267,7 +267,11 @@ class SinkProcess(Sink[SinkConfig, Alert]):
         try:
             answer = await asyncio.to_thread(self._exchange, self._conn, ("deliver", number, batches))
         except (EOFError, OSError) as exc:
-            exitcode = self._process.exitcode if self._process is not None else None
+            process = self._process
+            if process is not None:
+                # The pipe closes a moment before the child is reaped: wait for its exit code.
+                await asyncio.to_thread(process.join, _CLOSE_TIMEOUT)
+            exitcode = process.exitcode if process is not None else None
             await self._stop(gracefully=False)
             log.error("sink_process.died", sink=self.name, exitcode=exitcode, error=repr(exc))
             raise RetryableError(
