@@ -64,6 +64,10 @@ class Settings(LinkSettings):
     2.3 s after its publish, 0.5–0.9 s at 500). At 100, a worker taking over partitions on the
     embedded broker stopped reading one of them in 2 of 4 runs of the SendGrid kill test; at
     500 the four kill tests passed in 3 runs of 3."""
+    stall_seconds: float = Field(default=30.0, ge=0, le=3600)
+    """How long an input partition may stay behind without its position moving before the
+    worker fetches it again (streams/stalls.py): faust and aiokafka sometimes stop reading one
+    assigned partition after a rebalance or a restart. 0 turns the watch off."""
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     """Attempts for a retryable sink failure before the alert is dead-lettered."""
     digest_local_time: str = Field(default="08:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")

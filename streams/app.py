@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 import structlog
 from aiohttp import web
+from faust.types import TP
 
 from connectors.base import Sink
 from connectors.declarations import load_connectors
@@ -31,6 +32,7 @@ from .records import DeadLetters
 from .reminders import CaseStatuses, ReminderScreen
 from .sent import SentAlerts
 from .shards import SubscriberShards, SubscriptionIntake
+from .stalls import StallWatch
 from .tables import PartitionedTable, declare_table
 from .topics import TopicNames
 from .waves import CancellationIntake, CancelledWaves, HeldAlerts, file_clock
@@ -285,6 +287,32 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     async def _send_digests() -> None:
         if readiness.shards_loaded:  # the shards say who is still subscribed
             await digest_sender.send_due()
+
+    if settings.stall_seconds > 0:
+        watch: StallWatch[TP] = StallWatch(settings.stall_seconds)
+
+        @app.timer(interval=max(1.0, settings.stall_seconds / 3))  # type: ignore[untyped-decorator]  # as above
+        async def _refetch_stalled() -> None:
+            consumer = cast(RewindingConsumer, app.consumer)
+            if not readiness.shards_loaded or app.rebalancing or not consumer.flow_active:
+                return  # faust pauses and seeks partitions itself until the assignment is ready
+            states = await consumer.fetch_states(tp for tp in consumer.assignment() if tp.topic in inputs)
+            stalled = watch.observe(time.monotonic(), states)
+            for tp in stalled:
+                state = states[tp]
+                log.warning(
+                    "partition.stalled",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    position=state.position,
+                    end=state.end,
+                    held=state.held,
+                    taken=state.taken,
+                    seconds=settings.stall_seconds,
+                )
+                metrics.partition_stalls.labels(tp.topic, str(tp.partition)).inc()
+            if stalled:
+                await consumer.refetch({tp: p for tp in stalled if (p := states[tp].position) is not None})
 
     @app.agent(case_fanout, name="match")
     async def _match(stream: Any) -> None:

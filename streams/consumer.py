@@ -1,15 +1,53 @@
-"""The worker's Kafka consumer: faust's, made to re-read partitions that have no commit yet."""
+"""The worker's Kafka consumer: faust's, made to re-read what it would skip or stop reading.
+
+It rewinds partitions that have no commit yet, and fetches again a partition it has stopped
+reading (streams/stalls.py).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiokafka
 from faust.transport.consumer import ensure_TP
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
 
-__all__ = ["RewindingConsumer"]
+from .stalls import FetchState
+
+__all__ = ["RewindingConsumer", "fetch_view", "refetch_at"]
+
+
+async def fetch_view(
+    client: aiokafka.AIOKafkaConsumer, tps: Iterable[TP]
+) -> dict[TP, tuple[int | None, bool]]:
+    """Each partition's position and whether the client holds fetched records for it.
+
+    Awaited in the client's own thread (its event loop). A partition not assigned, or whose
+    position is being reset, has no position.
+    """
+    assignment = client._subscription.subscription.assignment if client._subscription.subscription else None
+    held = client._fetcher._records
+    view: dict[TP, tuple[int | None, bool]] = {}
+    for tp in tps:
+        state = assignment.state_value(tp) if assignment is not None else None
+        position = state.position if state is not None and state.has_valid_position else None
+        view[tp] = (position, tp in held)
+    return view
+
+
+async def refetch_at(client: aiokafka.AIOKafkaConsumer, positions: Mapping[TP, int]) -> None:
+    """Seek each still-assigned partition to ``positions``, which drops what the client held for it.
+
+    Awaited in the client's own thread. Given the positions the client already has, it fetches
+    those partitions again from where it was, skipping and repeating nothing.
+    """
+    assigned = client.assignment()
+    for tp, position in positions.items():
+        if tp in assigned:
+            client.seek(tp, position)
 
 
 class _PromptConsumerThread(AIOKafkaConsumerThread):
@@ -46,6 +84,30 @@ class RewindingConsumer(AIOKafkaConsumer):
 
     inputs: frozenset[str] = frozenset()
     fetch_max_wait_ms: int = 500
+
+    async def fetch_states(self, tps: Iterable[TP]) -> dict[TP, FetchState]:
+        """What the client and the broker say of each partition (see streams/stalls.py)."""
+        wanted = list(tps)
+        if not wanted:
+            return {}
+        ends = await self.highwaters(*wanted)  # asks the broker
+        view = await self._thread.call_thread(fetch_view, self._thread._ensure_consumer(), wanted)
+        active = self._active_partitions
+        return {
+            tp: FetchState(
+                position=position,
+                end=ends.get(tp),
+                held=held,
+                taken=active is None or tp in active,
+            )
+            for tp, (position, held) in view.items()
+        }
+
+    async def refetch(self, positions: Mapping[TP, int]) -> None:
+        """Make the partitions readable again and fetch them anew from ``positions``."""
+        active = self._get_active_partitions()
+        self.resume_partitions([tp for tp in positions if tp not in active])
+        await self._thread.call_thread(refetch_at, self._thread._ensure_consumer(), positions)
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         thread = _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)

@@ -92,6 +92,12 @@ class PipelineMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.partition_stalls = Counter(
+            "mobilise_partition_stalls_total",
+            "Times an input partition was found behind and not read, and fetched again.",
+            ["topic", "partition"],
+            registry=registry,
+        )
         self.held_batches = Gauge(
             "mobilise_held_alert_batches",
             "Alert batches held for a wave or a reminder on this worker's partitions.",
