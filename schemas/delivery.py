@@ -18,7 +18,7 @@ class DeliveryOutcome(StrEnum):
 
     The first four are recorded by the delivery stage; the others come back later from
     the provider (SendGrid's event webhook) and were added in schema version 2, except
-    ``cancelled``, recorded by the delivery stage for a cancelled wave.
+    ``cancelled``, recorded by the delivery stage for a cancelled wave, added in version 3.
     """
 
     ACCEPTED = "accepted"
@@ -60,9 +60,10 @@ class DeliveryEvent(Event):
     byte, so a provider retrying its webhook adds nothing a consumer cannot recognise.
     """
 
-    schema_version: Literal[1, 2] = 2
+    schema_version: Literal[1, 2, 3] = 3
     """Version of this schema; a reader rejects versions it does not know. Version 2 added
-    the provider-side outcomes and ``provider_event_id``; version 1 records read unchanged."""
+    the provider-side outcomes and ``provider_event_id``, version 3 the ``cancelled``
+    outcome; records of versions 1 and 2 read unchanged."""
     alert_id: str
     """The alert concerned."""
     event_id: str
@@ -88,6 +89,7 @@ class DeliveryEvent(Event):
 
 
 _INSTANT = TypeAdapter(AwareDatetime)
+_VERSION: int = DeliveryEvent.model_fields["schema_version"].default
 
 
 def _plain(text: str) -> bool:
@@ -134,13 +136,13 @@ class DeliveryRecords:
             message = "null" if provider_message_id is None else f'"{provider_message_id}"'
             why = "null" if detail is None else f'"{detail}"'
             return (
-                f'{{"schema_version":2,"alert_id":"{alert_id}","event_id":"{event_id}","case_id":"{case_id}",'
+                f'{{"schema_version":{_VERSION},"alert_id":"{alert_id}","event_id":"{event_id}","case_id":"{case_id}",'
                 f'"subscriber_id":"{subscriber_id}","sink":"{self._sink}","outcome":"{outcome.value}",'
                 f'"provider_message_id":{message},"attempts":{attempts},"detail":{why}{self._tail}'
             ).encode("ascii")
         return (
             DeliveryEvent.trusted(
-                schema_version=2,
+                schema_version=_VERSION,
                 alert_id=alert_id,
                 event_id=event_id,
                 case_id=case_id,

@@ -113,7 +113,7 @@ def test_alerts_made_back_into_batches_are_the_same_alerts() -> None:
 
 def test_a_trusted_delivery_event_serialises_as_the_validated_one() -> None:
     values = {
-        "schema_version": 2,
+        "schema_version": 3,
         "alert_id": "alr-1",
         "event_id": "evt-1",
         "case_id": "bd-1",
@@ -163,7 +163,7 @@ def test_delivery_records_are_the_bytes_of_the_model(
         "detail": detail,
     }
     # What the delivery stage wrote before: a model of the values it has, validated already.
-    values = {"schema_version": 2, "sink": sink, "provider_event_id": None, "at": at, **fields}
+    values = {"schema_version": 3, "sink": sink, "provider_event_id": None, "at": at, **fields}
     model = DeliveryEvent.trusted(**{name: values[name] for name in DeliveryEvent.model_fields})
     encoded = DeliveryRecords(sink, at).encode(**fields)
     assert encoded == model.model_dump_json().encode("utf-8")
