@@ -296,7 +296,11 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
             consumer = cast(RewindingConsumer, app.consumer)
             if not readiness.shards_loaded or app.rebalancing or not consumer.flow_active:
                 return  # faust pauses and seeks partitions itself until the assignment is ready
-            states = await consumer.fetch_states(tp for tp in consumer.assignment() if tp.topic in inputs)
+            try:
+                states = await consumer.fetch_states(tp for tp in consumer.assignment() if tp.topic in inputs)
+            except Exception as exc:  # a guard that fails must not stop the worker: the broker may be away
+                log.warning("partition_watch.skipped", error=repr(exc))
+                return
             stalled = watch.observe(time.monotonic(), states)
             for tp in stalled:
                 state = states[tp]
@@ -311,8 +315,12 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
                     seconds=settings.stall_seconds,
                 )
                 metrics.partition_stalls.labels(tp.topic, str(tp.partition)).inc()
-            if stalled:
-                await consumer.refetch({tp: p for tp in stalled if (p := states[tp].position) is not None})
+            positions = {tp: p for tp in stalled if (p := states[tp].position) is not None}
+            if positions:
+                try:
+                    await consumer.refetch(positions)
+                except Exception as exc:  # as above; the next period tries again
+                    log.warning("partition_watch.refetch_failed", error=repr(exc))
 
     @app.agent(case_fanout, name="match")
     async def _match(stream: Any) -> None:
