@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
+from pydantic import ValidationError
 
 from connectors.base import SinkOutcome
 from schemas import (
@@ -111,24 +113,37 @@ def test_alerts_made_back_into_batches_are_the_same_alerts() -> None:
         assert AlertBatch.model_validate_json(batch.model_dump_json(exclude_defaults=True)) == batch
 
 
+_DELIVERY_RECORD = {
+    "schema_version": 3,
+    "alert_id": "alr-1",
+    "event_id": "evt-1",
+    "case_id": "bd-1",
+    "subscriber_id": "sub-1",
+    "sink": "outbox",
+    "outcome": "accepted",
+    "provider_message_id": "alr-1.eml",
+    "attempts": 1,
+    "detail": None,
+    "provider_event_id": None,
+    "at": "2026-03-01T00:00:00Z",
+}
+
+
 def test_a_trusted_delivery_event_serialises_as_the_validated_one() -> None:
-    values = {
-        "schema_version": 3,
-        "alert_id": "alr-1",
-        "event_id": "evt-1",
-        "case_id": "bd-1",
-        "subscriber_id": "sub-1",
-        "sink": "outbox",
-        "outcome": "accepted",
-        "provider_message_id": "alr-1.eml",
-        "attempts": 1,
-        "detail": None,
-        "provider_event_id": None,
-        "at": "2026-03-01T00:00:00Z",
-    }
-    validated = DeliveryEvent.model_validate_json(json.dumps(values))
+    validated = DeliveryEvent.model_validate_json(json.dumps(_DELIVERY_RECORD))
     fast = DeliveryEvent.trusted(**dict(validated))
     assert fast.model_dump_json() == validated.model_dump_json()
+
+
+def test_delivery_events_of_every_version_read_and_a_cancelled_one_says_version_3() -> None:
+    for version in (1, 2, 3):
+        read = DeliveryEvent.model_validate_json(json.dumps({**_DELIVERY_RECORD, "schema_version": version}))
+        assert read.schema_version == version and read.outcome is DeliveryOutcome.ACCEPTED
+    written = {k: v for k, v in _DELIVERY_RECORD.items() if k != "schema_version"}
+    cancelled = DeliveryEvent.model_validate_json(json.dumps({**written, "outcome": "cancelled"}))
+    assert json.loads(cancelled.model_dump_json())["schema_version"] == 3
+    with pytest.raises(ValidationError, match="schema_version"):
+        DeliveryEvent.model_validate_json(json.dumps({**_DELIVERY_RECORD, "schema_version": 4}))
 
 
 _ID = st.text(alphabet=st.characters(codec="ascii", categories=["L", "N"]), min_size=1) | st.text()

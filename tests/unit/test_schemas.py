@@ -160,27 +160,3 @@ def test_ids_made_many_at_a_time_are_the_ids_made_one_at_a_time(
     assert [alert_id_of(s) for s in subscriber_ids] == [alert_id_for(event_id, s) for s in subscriber_ids]
     ids = stable_ids(*fixed, length=24)
     assert [ids(s) for s in subscriber_ids] == [stable_id(*fixed, s, length=24) for s in subscriber_ids]
-
-
-def test_delivery_events_of_every_version_read_and_a_cancelled_one_says_version_3() -> None:
-    from schemas.delivery import DeliveryEvent, DeliveryOutcome
-
-    written = {
-        "alert_id": "alr-1",
-        "event_id": "evt-1",
-        "case_id": "bd-1",
-        "subscriber_id": "sub-1",
-        "sink": "outbox",
-        "outcome": "accepted",
-        "provider_message_id": None,
-        "attempts": 1,
-        "detail": None,
-        "at": "2026-03-01T00:00:00Z",
-    }
-    for version in (1, 2, 3):
-        read = DeliveryEvent.model_validate_json(json.dumps({**written, "schema_version": version}))
-        assert read.schema_version == version and read.outcome is DeliveryOutcome.ACCEPTED
-    cancelled = DeliveryEvent.model_validate_json(json.dumps({**written, "outcome": "cancelled"}))
-    assert json.loads(cancelled.model_dump_json())["schema_version"] == 3
-    with pytest.raises(ValidationError, match="schema_version"):
-        DeliveryEvent.model_validate_json(json.dumps({**written, "schema_version": 4}))
