@@ -302,23 +302,22 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
                 log.warning("partition_watch.skipped", error=repr(exc))
                 return
             stalled = watch.observe(time.monotonic(), states)
-            for tp in stalled:
+            for tp, position in stalled.items():
                 state = states[tp]
                 log.warning(
                     "partition.stalled",
                     topic=tp.topic,
                     partition=tp.partition,
-                    position=state.position,
+                    position=position,
                     end=state.end,
                     held=state.held,
                     taken=state.taken,
                     seconds=settings.stall_seconds,
                 )
                 metrics.partition_stalls.labels(tp.topic, str(tp.partition)).inc()
-            positions = {tp: p for tp in stalled if (p := states[tp].position) is not None}
-            if positions:
+            if stalled:
                 try:
-                    await consumer.refetch(positions)
+                    await consumer.refetch(stalled)
                 except Exception as exc:  # as above; the next period tries again
                     log.warning("partition_watch.refetch_failed", error=repr(exc))
 

@@ -72,9 +72,12 @@ class StallWatch(Generic[K]):
         self.stall_seconds = stall_seconds
         self._still: dict[K, _Still] = {}
 
-    def observe(self, now: float, states: Mapping[K, FetchState]) -> list[K]:
-        """Record the states seen at ``now`` (monotonic seconds); return the stalled partitions."""
-        stalled = []
+    def observe(self, now: float, states: Mapping[K, FetchState]) -> dict[K, int]:
+        """Record the states seen at ``now`` (monotonic seconds); return the stalled partitions.
+
+        Each stalled partition comes with the position it is stuck at, where to fetch it again.
+        """
+        stalled: dict[K, int] = {}
         for tp, state in states.items():
             if not state.behind or state.waiting_for_streams or state.position is None:
                 self._still.pop(tp, None)
@@ -83,7 +86,7 @@ class StallWatch(Generic[K]):
             if still is None or still.position != state.position:
                 self._still[tp] = _Still(state.position, now)
             elif now - still.since >= self.stall_seconds:
-                stalled.append(tp)
+                stalled[tp] = state.position
                 self._still[tp] = _Still(state.position, now)
         for tp in self._still.keys() - states.keys():  # no longer assigned
             del self._still[tp]

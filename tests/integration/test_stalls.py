@@ -79,16 +79,17 @@ def test_records_held_and_never_taken_stall_the_partition_and_a_refetch_reads_on
             first = await _states(client, [p0, p1], taken={p1})
             assert first[p0] == FetchState(position=0, end=5, held=True, taken=False)
             assert first[p1] == FetchState(position=3, end=3, held=False, taken=True)
-            assert watch.observe(0.0, first) == []
-            assert watch.observe(STALL, await _states(client, [p0, p1], taken={p1})) == [p0]
+            assert watch.observe(0.0, first) == {}
+            stalled = watch.observe(STALL, await _states(client, [p0, p1], taken={p1}))
+            assert stalled == {p0: 0}
 
             # Fetched again from where it was: every record once, none skipped.
-            await refetch_at(client, {p0: 0})
+            await refetch_at(client, stalled)
             assert (await fetch_view(client, [p0]))[p0] == (0, False)
             assert await _read_until(client, p0, 5) == [0, 1, 2, 3, 4]
             after = await _states(client, [p0, p1], taken={p0, p1})
             assert not after[p0].behind
-            assert watch.observe(2 * STALL, after) == []
+            assert watch.observe(2 * STALL, after) == {}
         finally:
             await client.stop()
             await producer.stop()
