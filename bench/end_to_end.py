@@ -556,6 +556,31 @@ def run(args: argparse.Namespace, work: Path) -> Result:
                     spy.wait(timeout=10)
 
 
+def ext4_without_journal(path: Path) -> str | None:
+    """The device name when ``path`` lies on ext4 without a journal, else None.
+
+    Such a file system skips inodes deleted in the last 60–360 s, so file creation right after
+    a mass deletion (the previous run's outbox) costs up to ten times more (RESULTS.md §13)."""
+    best: tuple[int, str, str] = (-1, "", "")
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+        target = str(path.resolve())
+        for line in mounts:
+            fields = line.split()
+            mount_point, rest = fields[4], fields[fields.index("-") + 1 :]
+            inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) > best[0]:
+                best = (len(mount_point), rest[0], rest[1])
+    _, fstype, source = best
+    if fstype != "ext4":
+        return None
+    device = Path(source).name
+    try:
+        journal = Path(f"/sys/fs/ext4/{device}/journal_task").read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return device if journal == "<none>" else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--matching", type=int, default=50_000, help="subscribers the update matches (M)")
@@ -580,6 +605,15 @@ def main() -> None:
         if args.outbox_parent
         else None
     )
+    outbox_parent = args.outbox_root or work
+    unjournaled = ext4_without_journal(outbox_parent)
+    if unjournaled:
+        print(
+            f"warning: the outbox is on ext4 without a journal ({unjournaled}); creating files there "
+            "right after many were deleted (a previous run's outbox, a test run) is up to 10x slower "
+            "for 1-6 minutes; wait that long between runs or use --outbox-parent /dev/shm",
+            file=sys.stderr,
+        )
     try:
         result = run(args, work)
         print(result.table())
