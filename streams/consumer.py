@@ -6,6 +6,7 @@ reading (streams/stalls.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -66,6 +67,24 @@ class _PromptConsumerThread(AIOKafkaConsumerThread):
         # Read by the fetcher that aiokafka creates when the consumer starts.
         consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
+
+    async def on_thread_stop(self) -> None:
+        """Stop the client even when the broker is gone, so the worker exits at once.
+
+        With the broker unreachable, aiokafka's fetcher is waiting out a retry backoff; closing
+        it cancels that wait and re-raises the CancelledError. mode's thread takes it for its own
+        cancellation and never reports the thread stopped, so the worker hung for mode's 60 s
+        shutdown timeout after SIGTERM, and an orchestrator would have killed it first.
+        """
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this thread is being cancelled, not just the fetch it closed
+            if self._consumer is not None:
+                # consumer.stop() ended in its fetcher's close, before the client's own.
+                await self._consumer._client.close()
 
 
 class RewindingConsumer(AIOKafkaConsumer):
