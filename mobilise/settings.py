@@ -70,6 +70,10 @@ class Settings(LinkSettings):
     assigned partition after a rebalance or a restart. 0 turns the watch off."""
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     """Attempts for a retryable sink failure before the alert is dead-lettered."""
+    sent_retention_days: int = Field(default=30, ge=14, le=3650)
+    """How long a worker remembers that an alert was sent (streams/sent.py), so that reading it
+    again sends nothing. At least 14: the alerts topic keeps a week, and Kafka keeps a segment
+    up to a week longer. Rows of an update with a reminder still held are kept past it."""
     digest_local_time: str = Field(default="08:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     """When digests go out, ``HH:MM`` in each person's own zone (their local morning)."""
     digest_weekday: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import faust
@@ -37,10 +38,13 @@ from .tables import PartitionedTable, declare_table
 from .topics import TopicNames
 from .waves import CancellationIntake, CancelledWaves, HeldAlerts, file_clock
 
-__all__ = ["DIGEST_INTERVAL", "RELEASE_INTERVAL", "Pipeline", "create_app"]
+__all__ = ["DIGEST_INTERVAL", "RELEASE_INTERVAL", "SENT_EXPIRY_INTERVAL", "Pipeline", "create_app"]
 
 RELEASE_INTERVAL = 1.0
 """Seconds between two looks at the held alerts: a wave lands at most this late."""
+
+SENT_EXPIRY_INTERVAL = 3600.0
+"""Seconds between two looks for sent-alert rows past their retention (also done at each rebalance)."""
 
 DIGEST_INTERVAL = 5.0
 """Seconds between two looks at the digests waiting: a digest goes at most this late
@@ -283,6 +287,17 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         if readiness.shards_loaded:  # not while a rebalance is rebuilding what is held
             await delivery.release_due()
 
+    def expire_sent() -> None:
+        before = datetime.now(UTC) - timedelta(days=settings.sent_retention_days)
+        forgotten = sent_alerts.expire(before, readiness.partitions, held.reminded_events())
+        if forgotten:
+            log.info("sent_alerts.expired", alerts=forgotten, before=before.isoformat())
+
+    @app.timer(interval=SENT_EXPIRY_INTERVAL)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
+    async def _expire_sent() -> None:
+        if readiness.shards_loaded:  # the held reminders say which rows are still needed
+            expire_sent()
+
     @app.timer(interval=DIGEST_INTERVAL)  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def _send_digests() -> None:
         if readiness.shards_loaded:  # the shards say who is still subscribed
@@ -344,6 +359,7 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
         digests_waiting = digests.assign(owned, digests_table.items())
         readiness.partitions = frozenset(owned)
         readiness.shards_loaded = True
+        expire_sent()
         log.info(
             "worker.ready",
             app_id=settings.app_id,

@@ -394,7 +394,7 @@ class Delivery:
         # Cancelled alerts stay out of sent: nothing was sent, and a replay is cancelled again.
         unsent = (DeliveryOutcome.DEAD_LETTERED, DeliveryOutcome.CANCELLED)
         accepted = [a.alert_id for a, kind, *_ in part.outcomes if kind not in unsent]
-        self._sent.record(part.batch.batch_id, part.partition, accepted, self._sink.name)
+        self._sent.record(part.batch.batch_id, part.partition, accepted, self._sink.name, part.batch.event_id)
         await self._sent.durable()
 
     async def _publish(self, part: _Part) -> None:

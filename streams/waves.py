@@ -20,7 +20,16 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from schemas import AlertBatch, MatchReason, PublicCase, Subscription, WaveCancellation, release_at, zone_for
+from schemas import (
+    AlertBatch,
+    MatchReason,
+    PublicCase,
+    Subscription,
+    WaveCancellation,
+    release_at,
+    reminded_event_id,
+    zone_for,
+)
 
 from .records import DeadLetters, RawEvent
 from .tables import PartitionedTable, on_partition
@@ -117,6 +126,10 @@ class HeldAlerts:
             if found[0] in self._owned:
                 self._held[batch_id] = found
         return len(self._held)
+
+    def reminded_events(self) -> set[str]:
+        """The updates that the held reminders remind of."""
+        return {reminded_event_id(batch.event_id) for _, batch in self._held.values() if batch.reminder}
 
     def hold(self, batch: AlertBatch, partition: int) -> bool:
         """Keep ``batch`` of ``partition`` until its release; False if it was held already."""

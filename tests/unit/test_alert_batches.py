@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -82,16 +82,41 @@ class _Table(dict[str, Any]):
 def test_sent_alerts_merge_the_parts_of_a_batch_and_read_rows_of_one_alert() -> None:
     table = _Table()
     sent = SentAlerts(table)  # type: ignore[arg-type]
-    sent.record("alb-1", 2, ["a1", "a2"], "outbox")
-    sent.record("alb-1", 2, ["a2", "a3"], "outbox")  # a retry, a replay: never loses a1
+    sent.record("alb-1", 2, ["a1", "a2"], "outbox", "ev-1")
+    sent.record("alb-1", 2, ["a2", "a3"], "outbox", "ev-1")  # a retry, a replay: never loses a1
     assert table["alb-1"]["alerts"] == ["a1", "a2", "a3"] and table["alb-1"]["partition"] == 2
     assert all(a in sent for a in ("a1", "a2", "a3")) and "a4" not in sent
-    sent.record("alb-1", 2, ["a1"], "outbox")  # nothing new: no write
+    sent.record("alb-1", 2, ["a1"], "outbox", "ev-1")  # nothing new: no write
     assert table["alb-1"]["alerts"] == ["a1", "a2", "a3"]
 
     newcomer = SentAlerts(_Table())  # type: ignore[arg-type]
     known = newcomer.load([*table.items(), ("alr-old", {"at": "2026-01-01T00:00:00+00:00", "sink": "smtp"})])
     assert known == 4 and "alr-old" in newcomer and "a3" in newcomer
+
+
+def test_sent_alerts_forget_rows_past_their_retention_on_their_own_partitions_only() -> None:
+    table = _Table()
+    sent = SentAlerts(table)  # type: ignore[arg-type]
+    sent.record("alb-old", 1, ["o1", "o2"], "outbox", "ev-old")
+    sent.record("alb-remind", 1, ["r1"], "outbox", "ev-call")  # a reminder of ev-call is still held
+    sent.record("alb-elsewhere", 3, ["e1"], "outbox", "ev-old")  # another worker's partition
+    table["alb-handmade"] = {"partition": 1, "alerts": ["h1"]}  # no time recorded
+    sent.load(table.items())
+    recorded = {key: datetime.fromisoformat(row["at"]) for key, row in table.items() if "at" in row}
+
+    # Nothing is older than a cut-off before the rows were written.
+    assert sent.expire(min(recorded.values()) - timedelta(seconds=1), {1, 3}, set()) == 0
+    assert set(table) == {"alb-old", "alb-remind", "alb-elsewhere", "alb-handmade"}
+
+    later = max(recorded.values()) + timedelta(seconds=1)
+    assert sent.expire(later, {1}, {"ev-call"}) == 2
+    assert set(table) == {"alb-remind", "alb-elsewhere", "alb-handmade"}
+    assert "o1" not in sent and "o2" not in sent
+    assert all(a in sent for a in ("r1", "e1", "h1"))
+
+    # Once the reminder is gone, its update's rows go too.
+    assert sent.expire(later, {1}, set()) == 1 and "r1" not in sent
+    assert set(table) == {"alb-elsewhere", "alb-handmade"}
 
 
 def test_a_batch_too_large_for_one_record_is_cut_into_halves_that_fit() -> None:

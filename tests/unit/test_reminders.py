@@ -137,6 +137,24 @@ def test_only_people_who_got_the_call_and_did_not_act_get_one_reminder_never_ear
     assert len([a for a in world.received() if a.reminder]) == 1
 
 
+def test_the_sent_rows_of_a_call_with_a_reminder_held_outlive_their_retention() -> None:
+    world = Partition(FORGETS, now=T0)
+    call = update()
+    world.match(call)
+    world.deliver()
+    assert len(world.held) == 1 and world.held.reminded_events() == {call.event_id}
+
+    # However old the rows are, the held reminder keeps its call's: it must still find it sent.
+    long_after = datetime.now(UTC) + timedelta(days=365)
+    assert world.sent.expire(long_after, {0}, world.held.reminded_events()) == 0
+    world.now = REMIND.timestamp()
+    world.deliver()
+    assert [a.reminder for a in world.received()] == [False, True]
+    assert world.held.reminded_events() == set()
+    # Then nothing holds them: the call's row and the reminder's both go.
+    assert world.sent.expire(long_after, {0}, world.held.reminded_events()) == 2
+
+
 def test_no_reminder_after_the_case_was_won_or_when_the_coordinator_calls_them_off() -> None:
     world = Partition(FORGETS, now=T0)
     world.match(update())
