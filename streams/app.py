@@ -46,6 +46,9 @@ RELEASE_INTERVAL = 1.0
 SENT_EXPIRY_INTERVAL = 3600.0
 """Seconds between two looks for sent-alert rows past their retention (also done at each rebalance)."""
 
+LAG_TIMEOUT = 5.0
+"""Seconds a metrics scrape waits for the broker's end offsets."""
+
 DIGEST_INTERVAL = 5.0
 """Seconds between two looks at the digests waiting: a digest goes at most this late
 (each look goes through everyone waiting)."""
@@ -211,13 +214,13 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
     inputs = names_read
 
     async def refresh_lag() -> None:
-        metrics.consumer_lag.clear()
-        for tp in app.consumer.assignment():
-            if tp.topic in inputs:
-                position = await app.consumer.position(tp)
-                highwater = app.consumer.highwater(tp)
-                if position is not None and highwater is not None:
-                    metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))
+        consumer = cast(RewindingConsumer, app.consumer)
+        owned = [tp for tp in consumer.assignment() if tp.topic in inputs]
+        metrics.consumer_lag.clear()  # a figure from an earlier scrape would say all is well
+        # Bounded: a scrape must answer even when the broker does not (the lag is then left out).
+        lags = await asyncio.wait_for(consumer.lags(owned), LAG_TIMEOUT)
+        for tp, lag in lags.items():
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     runners: list[web.AppRunner] = []
 

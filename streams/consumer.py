@@ -122,6 +122,20 @@ class RewindingConsumer(AIOKafkaConsumer):
             for tp, (position, held) in view.items()
         }
 
+    async def lags(self, tps: Iterable[TP]) -> dict[TP, int]:
+        """Records of each partition not yet committed: the broker's end offset minus the commit.
+
+        Not the client's fetch position and last-seen high watermark: those say nothing of the
+        records fetched and still waiting for a slow stage, nor of a partition whose fetching
+        stopped (streams/stalls.py), which is when the figure matters.
+        """
+        wanted = list(tps)
+        if not wanted:
+            return {}
+        ends = await self.highwaters(*wanted)  # asks the broker
+        committed = self._committed_offset  # the group's, from the broker at assignment, then ours
+        return {tp: max(0, end - (committed.get(tp) or 0)) for tp, end in ends.items() if end is not None}
+
     async def refetch(self, positions: Mapping[TP, int]) -> None:
         """Make the partitions readable again and fetch them anew from ``positions``."""
         active = self._get_active_partitions()

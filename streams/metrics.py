@@ -88,7 +88,7 @@ class PipelineMetrics:
         )
         self.consumer_lag = Gauge(
             "mobilise_consumer_lag",
-            "Records not yet read, per input topic and partition assigned to this worker.",
+            "Records not yet processed and committed, per input topic and partition assigned to this worker.",
             ["topic", "partition"],
             registry=registry,
         )
