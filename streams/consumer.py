@@ -1,7 +1,7 @@
 """The worker's Kafka consumer: faust's, made to re-read what it would skip or stop reading.
 
-It rewinds partitions that have no commit yet, and fetches again a partition it has stopped
-reading (streams/stalls.py).
+It rewinds partitions that have no commit yet, fetches again a partition it has stopped
+reading (streams/stalls.py), and stops within seconds when the broker has gone.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiokafka
+import structlog
 from faust.transport.consumer import ensure_TP
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
@@ -18,7 +19,12 @@ from faust.types import TP
 
 from .stalls import FetchState
 
-__all__ = ["RewindingConsumer", "fetch_view", "refetch_at"]
+__all__ = ["FINAL_COMMIT_SECONDS", "RewindingConsumer", "fetch_view", "refetch_at"]
+
+log = structlog.get_logger(__name__)
+
+FINAL_COMMIT_SECONDS = 10.0
+"""How long a stopping worker waits for its last commit (within a usual 30 s grace period)."""
 
 
 async def fetch_view(
@@ -103,6 +109,20 @@ class RewindingConsumer(AIOKafkaConsumer):
 
     inputs: frozenset[str] = frozenset()
     fetch_max_wait_ms: int = 500
+
+    async def commit_and_end_transactions(self) -> None:
+        """The last commit as the worker stops, given up after :data:`FINAL_COMMIT_SECONDS`.
+
+        faust's waits until the group's coordinator answers: with the broker gone, forever, and
+        the worker never exits. Offsets left uncommitted are read again by the next worker,
+        which every effect allows (see above): the same as a worker that dies.
+        """
+        try:
+            await asyncio.wait_for(super().commit_and_end_transactions(), FINAL_COMMIT_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "worker.final_commit_abandoned", seconds=FINAL_COMMIT_SECONDS, reason="no broker answered"
+            )
 
     async def fetch_states(self, tps: Iterable[TP]) -> dict[TP, FetchState]:
         """What the client and the broker say of each partition (see streams/stalls.py)."""

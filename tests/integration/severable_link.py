@@ -3,7 +3,8 @@
 The embedded broker keeps its data in memory, so stopping it would lose every topic. To take
 the broker away and bring it back with its data, the broker advertises this link's address
 and clients reach it only through here; :meth:`SeverableLink.cut` closes every connection and
-refuses new ones (as an unreachable host does), :meth:`SeverableLink.restore` accepts again.
+refuses new ones (as an unreachable host does), :meth:`SeverableLink.restore` accepts again,
+and :meth:`SeverableLink.silence` carries nothing more while connections stay open.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class SeverableLink:
         self._thread = threading.Thread(target=self._loop.run_forever, name="severable-link", daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._silent = False
 
     def __enter__(self) -> SeverableLink:
         self._thread.start()
@@ -37,8 +39,13 @@ class SeverableLink:
         self._thread.join(timeout=10)
 
     def restore(self) -> None:
-        """Accept connections again."""
+        """Accept connections again, and carry what new ones say."""
+        self._silent = False
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(timeout=10)
+
+    def silence(self) -> None:
+        """Keep every connection open and accept new ones, but carry nothing: a hung broker host."""
+        self._silent = True
 
     def cut(self) -> None:
         """Close every open connection and stop listening: clients get resets, then refusals."""
@@ -72,6 +79,8 @@ class SeverableLink:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if self._silent:
+                    continue  # swallowed: neither side hears from the other
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -1,4 +1,4 @@
-"""A worker told to stop exits promptly and cleanly, even when its broker has gone."""
+"""A worker told to stop exits promptly and cleanly, even when its broker has gone or hangs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
-from mobilise.broker import EmbeddedBroker
+from mobilise.broker import EmbeddedBroker, free_port
 
-from .harness import PipelineHarness
+from .harness import PipelineHarness, subscription
+from .severable_link import SeverableLink
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +45,45 @@ def test_a_worker_whose_broker_has_gone_exits_at_once_on_sigterm(tmp_path: Path)
     assert "Exception in thread" not in stderr, stderr[-3000:]
     closed = [e for e in worker.events() if e.get("event") == "sink.closed"]
     assert len(closed) == 1
+
+
+def test_a_worker_with_an_offset_to_commit_exits_on_sigterm_when_the_broker_hangs(tmp_path: Path) -> None:
+    link_port = free_port()
+    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log", advertised_port=link_port)
+    with SeverableLink(link_port, broker.port) as link, broker:
+        pipeline = PipelineHarness(broker, tmp_path, partitions=2)
+        worker = pipeline.start_worker()
+        pipeline.wait_ready()
+        person = subscription("last@example.org", countries=["BD"], interests=["wages"])
+        pipeline.subscribe(person)
+        pipeline.wait_indexed(person.subscriber_id)
+        # Before the next periodic commit (every few seconds) takes the record's offset, the
+        # broker stops answering: the worker's last commit would wait for it for ever.
+        link.silence()
+        worker.process.send_signal(signal.SIGTERM)
+        try:
+            code = worker.process.wait(timeout=GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            code = None
+        worker.stop()
+        link.cut()  # every half-spoken connection closed; new ones carry again
+        link.restore()
+        committed = _committed(broker, pipeline)
+    assert code == 0, f"the worker did not exit within {GRACE_SECONDS} s of SIGTERM (code {code})"
+    assert len([e for e in worker.events() if e.get("event") == "sink.closed"]) == 1
+    if not committed:  # else a periodic commit took the offset before the broker hung
+        assert [e for e in worker.events() if e.get("event") == "worker.final_commit_abandoned"]
+
+
+def _committed(broker: EmbeddedBroker, pipeline: PipelineHarness) -> bool:
+    """Whether the group committed an offset on any subscriptions partition."""
+    group = KafkaConsumer(
+        bootstrap_servers=[broker.bootstrap], group_id=pipeline.app_id, enable_auto_commit=False
+    )
+    try:
+        return any(
+            group.committed(TopicPartition(pipeline.names.subscriptions, p))
+            for p in range(pipeline.partitions)
+        )
+    finally:
+        group.close()
