@@ -93,6 +93,10 @@ class EmbeddedBroker:
             [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=output,
             stderr=subprocess.STDOUT,
+            # A group of its own: Ctrl-C in a terminal signals the foreground group, and the
+            # broker must outlive the worker and web process that still commit and close
+            # through it; whoever started it stops it (stop(), the context manager).
+            process_group=0,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

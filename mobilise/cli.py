@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -427,6 +428,9 @@ def dev(demo: bool, port: int | None, web_port: int | None, connectors_file: Pat
         os.environ["MOBILISE_CONNECTORS_FILE"] = str(connectors_file.resolve())
     outbox = Path(os.environ.setdefault("MOBILISE_OUTBOX_DIR", "outbox")).resolve()
     _dev_links(web_chosen)
+    # A closed terminal stops everything as Ctrl-C does: the broker, in a process group of its
+    # own, would otherwise outlive this process, which its hangup kills.
+    signal.signal(signal.SIGHUP, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     with EmbeddedBroker(port=chosen) as broker:
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
         settings = _settings(sink="outbox")

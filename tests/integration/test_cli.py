@@ -107,7 +107,8 @@ def test_a_wrong_setting_is_reported_before_anything_runs(tmp_path: Path) -> Non
     assert "MOBILISE_PARTITIONS='-1'" in result.stderr
 
 
-def test_dev_demo_shows_alerts_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_dev_demo_shows_alerts_and_stops_cleanly_on_ctrl_c(tmp_path: Path, stop: signal.Signals) -> None:
     port, web_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MOBILISE_", "KAFKA_"))}
     log = tmp_path / "dev.log"
@@ -128,6 +129,7 @@ def test_dev_demo_shows_alerts_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> No
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a command typed in a terminal
         )
         try:
             outbox = tmp_path / "outbox"
@@ -148,12 +150,16 @@ def test_dev_demo_shows_alerts_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> No
             with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/subscribe", timeout=10) as response:
                 assert response.status == 200 and b"<form" in response.read()
         finally:
-            process.send_signal(signal.SIGINT)
+            # A terminal signals the whole foreground process group, not one process.
+            os.killpg(process.pid, stop)
             code = process.wait(timeout=60)
     printed = log.read_text()
     assert f"127.0.0.1:{port}" in printed and str(outbox) in printed
     assert f"http://127.0.0.1:{web_port}/subscribe" in printed
     assert f"http://127.0.0.1:{web_port}/console" in printed
     assert code == 0, printed[-3000:]
+    # Cleanly: the broker outlived the worker and the web process, which closed their clients.
+    for trouble in ("Unable connect to node", "Task was destroyed", "Traceback"):
+        assert trouble not in printed, printed[-3000:]
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass  # the embedded broker stopped with it
