@@ -24,16 +24,30 @@ from .reminders import ReminderScreen
 from .sent import SentAlerts
 from .waves import CancelledWaves, Clock, HeldAlerts
 
-__all__ = ["Delivery"]
+__all__ = ["Delivery", "DeliveryInterrupted"]
 
 log = structlog.get_logger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 
 
+class DeliveryInterrupted(Exception):
+    """The worker is stopping while a batch waits to be tried again: it is left to the next worker.
+
+    Nothing of the batch is recorded and its record is not acknowledged, so its offset is not
+    committed: whichever worker reads the partition next reads it again and delivers it, as
+    after a crash. Waiting out the retries instead would keep a worker whose sink is down
+    from stopping for minutes.
+    """
+
+
 def _report_failure(task: asyncio.Task[None]) -> None:
     # Raised again by the next take(); said here too, in case no record comes after it.
-    if not task.cancelled() and task.exception() is not None:
+    if task.cancelled() or task.exception() is None:
+        return
+    if isinstance(task.exception(), DeliveryInterrupted):
+        log.info("delivery.interrupted", task=task.get_name(), reason="the worker is stopping")
+    else:
         log.error("delivery.failed", task=task.get_name(), error=repr(task.exception()))
 
 
@@ -128,6 +142,7 @@ class Delivery:
         self._dead_letters = dead_letters
         self._max_attempts = max_attempts
         self._sleep = sleep
+        self._stopping = asyncio.Event()
         self.stage = f"delivery:{sink.name}"
         self._ready = False
         self._opening = asyncio.Lock()
@@ -157,8 +172,27 @@ class Delivery:
         else:
             log.info("sink.opened", sink=self._sink.name)
 
+    async def _backoff(self, delay: float) -> None:
+        """Wait ``delay`` before the next attempt, unless the worker stops meanwhile.
+
+        Raises:
+            DeliveryInterrupted: :meth:`close` was called.
+
+        """
+        if not self._stopping.is_set():
+            waits = [asyncio.ensure_future(self._sleep(delay)), asyncio.ensure_future(self._stopping.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
+        if self._stopping.is_set():
+            raise DeliveryInterrupted(f"the worker stopped {delay:.1f} s before the next attempt")
+
     async def close(self) -> None:
-        """Close the sink if it was opened (its connections, its clients), once its batch is recorded."""
+        """Close the sink if it was opened (its connections, its clients), once its batch is recorded.
+
+        A batch waiting to be tried again is left to the next worker (:class:`DeliveryInterrupted`).
+        """
+        self._stopping.set()
         with contextlib.suppress(Exception):  # reported by _report_failure; the sink closes anyway
             await self.drain()
         if self._ready:
@@ -372,7 +406,7 @@ class Delivery:
             self._sink,
             part.alerts,
             max_attempts=self._max_attempts,
-            sleep=self._sleep,
+            sleep=self._backoff,
             on_retry=count_retries,
         )
         for done in settled:

@@ -12,13 +12,22 @@ from kafka import KafkaConsumer, TopicPartition
 
 from mobilise.broker import EmbeddedBroker, free_port
 
-from .harness import PipelineHarness, subscription
+from .harness import PipelineHarness, Worker, case_update, subscription
 from .severable_link import SeverableLink
 
 pytestmark = pytest.mark.integration
 
 # Kubernetes' default grace period between SIGTERM and SIGKILL; mode's own bound is 60 s.
 GRACE_SECONDS = 30
+
+
+def _exit_code_after_sigterm(worker: Worker) -> int | None:
+    """SIGTERM ``worker``; its exit code, or None if it is still running after the grace period."""
+    worker.process.send_signal(signal.SIGTERM)
+    try:
+        return worker.process.wait(timeout=GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def test_a_worker_whose_broker_has_gone_exits_at_once_on_sigterm(tmp_path: Path) -> None:
@@ -32,11 +41,7 @@ def test_a_worker_whose_broker_has_gone_exits_at_once_on_sigterm(tmp_path: Path)
         lambda: b"Connect call failed" in worker.log_path.with_suffix(".stderr").read_bytes(),
     )
     time.sleep(1)  # let its fetcher settle into retrying
-    worker.process.send_signal(signal.SIGTERM)
-    try:
-        code = worker.process.wait(timeout=GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        code = None
+    code = _exit_code_after_sigterm(worker)
     stderr = worker.log_path.with_suffix(".stderr").read_text()
     worker.stop()
 
@@ -60,11 +65,7 @@ def test_a_worker_with_an_offset_to_commit_exits_on_sigterm_when_the_broker_hang
         # Before the next periodic commit (every few seconds) takes the record's offset, the
         # broker stops answering: the worker's last commit would wait for it for ever.
         link.silence()
-        worker.process.send_signal(signal.SIGTERM)
-        try:
-            code = worker.process.wait(timeout=GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = _exit_code_after_sigterm(worker)
         worker.stop()
         link.cut()  # every half-spoken connection closed; new ones carry again
         link.restore()
@@ -87,3 +88,39 @@ def _committed(broker: EmbeddedBroker, pipeline: PipelineHarness) -> bool:
         )
     finally:
         group.close()
+
+
+def test_a_worker_whose_sink_keeps_failing_stops_at_once_and_leaves_the_batch_to_the_next(
+    pipeline: PipelineHarness,
+) -> None:
+    person = subscription("waits@example.org", countries=["BD"], interests=["union_busting"])
+    pipeline.subscribe(person)
+    # Retries that would go on for many minutes, were they waited out.
+    first = pipeline.start_worker(MOBILISE_DELIVERY_MAX_ATTEMPTS="100")
+    pipeline.wait_ready()
+    pipeline.wait_indexed(person.subscriber_id)
+    pipeline.outbox.rmdir()
+    pipeline.outbox.write_bytes(b"")  # the outbox is not a directory: every attempt fails
+    update = case_update()
+    pipeline.publish(update)
+    pipeline.wait_until("the sink to fail twice", lambda: len(pipeline.events("delivery.retrying")) >= 2)
+
+    code = _exit_code_after_sigterm(first)
+    first.stop()
+    pipeline.workers.remove(first)
+    assert code == 0, f"the worker did not exit within {GRACE_SECONDS} s of SIGTERM (code {code})"
+    assert [e for e in first.events() if e.get("event") == "delivery.interrupted"]
+    assert pipeline.deliveries() == []  # nothing recorded: neither sent nor given up
+
+    # The next worker reads the batch again and delivers it, once.
+    pipeline.outbox.unlink()
+    pipeline.outbox.mkdir()
+    pipeline.start_worker()
+    pipeline.wait_ready()
+    pipeline.wait_until("the alert to be delivered", lambda: len(pipeline.emails_for(update.event_id)) == 1)
+    pipeline.wait_until(
+        "its delivery record",
+        lambda: (
+            [d.outcome.value for d in pipeline.deliveries() if d.event_id == update.event_id] == ["accepted"]
+        ),
+    )
