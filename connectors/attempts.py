@@ -53,6 +53,7 @@ async def deliver_with_retries(
     max_delay: float = 60.0,
     sleep: Sleep = asyncio.sleep,
     on_retry: Callable[[int], None] | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> list[Attempted[R]]:
     """Deliver ``records`` through ``sink``, retrying what failed for a temporary reason.
 
@@ -63,9 +64,12 @@ async def deliver_with_retries(
         max_delay: Ceiling of the backoff between attempts, in seconds.
         sleep: Waits between attempts (injected in tests).
         on_retry: Called with the number of records about to be tried again.
+        stopping: Whether to give up waiting for the next attempt (the worker stops); the
+            records still to try are then left out of the result, settled neither way.
 
     Returns:
-        One :class:`Attempted` per record, in the order they were settled.
+        One :class:`Attempted` per record, in the order they were settled; without those left
+        to try when ``stopping`` said so.
 
     """
     pending = {sink.record_id(r): r for r in records}
@@ -107,6 +111,8 @@ async def deliver_with_retries(
                 delay=round(delay, 3),
             )
             await sleep(delay)
+            if stopping is not None and stopping():
+                break
     return settled
 
 

@@ -32,12 +32,12 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class DeliveryInterrupted(Exception):
-    """The worker is stopping while a batch waits to be tried again: it is left to the next worker.
+    """The worker is stopping while part of a batch waits to be tried again: left to the next worker.
 
-    Nothing of the batch is recorded and its record is not acknowledged, so its offset is not
-    committed: whichever worker reads the partition next reads it again and delivers it, as
-    after a crash. Waiting out the retries instead would keep a worker whose sink is down
-    from stopping for minutes.
+    The alerts the sink took are recorded as sent; the batch's record is not acknowledged, so
+    its offset is not committed. Whichever worker reads the partition next reads it again,
+    skips those recorded and delivers the rest. Waiting out the retries instead would keep a
+    worker whose sink is down from stopping for minutes.
     """
 
 
@@ -173,19 +173,12 @@ class Delivery:
             log.info("sink.opened", sink=self._sink.name)
 
     async def _backoff(self, delay: float) -> None:
-        """Wait ``delay`` before the next attempt, unless the worker stops meanwhile.
-
-        Raises:
-            DeliveryInterrupted: :meth:`close` was called.
-
-        """
+        """Wait ``delay`` before the next attempt, or until :meth:`close` is called."""
         if not self._stopping.is_set():
             waits = [asyncio.ensure_future(self._sleep(delay)), asyncio.ensure_future(self._stopping.wait())]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for waiting in waits:
                 waiting.cancel()
-        if self._stopping.is_set():
-            raise DeliveryInterrupted(f"the worker stopped {delay:.1f} s before the next attempt")
 
     async def close(self) -> None:
         """Close the sink if it was opened (its connections, its clients), once its batch is recorded.
@@ -408,6 +401,7 @@ class Delivery:
             max_attempts=self._max_attempts,
             sleep=self._backoff,
             on_retry=count_retries,
+            stopping=self._stopping.is_set,
         )
         for done in settled:
             if done.accepted:
@@ -418,6 +412,12 @@ class Delivery:
                     (done.record, DeliveryOutcome.DEAD_LETTERED, done.attempts, None, done.error)
                 )
         await self._record_sent(part)
+        if len(settled) < len(part.alerts):
+            # Those the sink took are recorded, so the next worker skips them; the rest it sends.
+            raise DeliveryInterrupted(
+                f"the worker stopped with {len(part.alerts) - len(settled)} of batch "
+                f"{part.batch.batch_id} still to try"
+            )
 
     async def _record_sent(self, part: _Part) -> None:
         """Add the alerts of ``part`` the sink took to ``sent``, and wait until the broker has the row.

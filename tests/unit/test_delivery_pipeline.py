@@ -273,3 +273,46 @@ def test_a_sink_that_cannot_open_at_start_is_opened_by_the_first_batch() -> None
     asyncio.run(run())
     assert sink.setups == 2
     assert len(sink.delivered) == 1 and acked == [0]
+
+
+class _HalfSink(MemorySink):
+    """Takes the alert to a@example.org; the others fail for a temporary reason, every time."""
+
+    async def deliver(self, records: Sequence[Alert]) -> Sequence[SinkOutcome]:
+        taken = [r for r in records if r.email == "a@example.org"]
+        await super().deliver(taken)
+        return [SinkOutcome(record_id=r.alert_id, accepted=True) for r in taken] + [
+            SinkOutcome(record_id=r.alert_id, accepted=False, retryable=True, error="451 greylisted")
+            for r in records
+            if r.email != "a@example.org"
+        ]
+
+
+def test_a_stop_while_part_of_a_batch_waits_for_a_retry_records_what_was_sent_and_acks_nothing() -> None:
+    world = Partition()
+    half = _HalfSink()
+    world.delivery._sink = half
+    acked: list[int] = []
+    batch = batch_of("evt-1", "a@example.org", "b@example.org")
+    ids = {r.email: r.alert_id for r in batch.alerts()}
+
+    async def stop_during_the_backoff() -> None:
+        await world.delivery.take(_Event(batch, 0, acked))  # type: ignore[arg-type]
+        for _ in range(200):  # until the first attempt is answered (bounded)
+            if half.delivered:
+                break
+            await asyncio.sleep(0.01)
+        await world.delivery.close()  # the backoff before the second attempt is cut short
+
+    asyncio.run(stop_during_the_backoff())
+    assert half.delivered == [ids["a@example.org"]]  # one attempt, no second
+    assert acked == [] and world.bulk.events == []  # read again by the next worker, which records it
+    assert ids["a@example.org"] in world.sent and ids["b@example.org"] not in world.sent
+
+    # The next worker: from the tables, with a sink that takes everything.
+    world.restart()
+    asyncio.run(world.delivery.process(_Event(batch, 0, acked)))  # type: ignore[arg-type]
+    assert world.sink.delivered == [ids["b@example.org"]]  # a@ got one email, not two
+    assert sorted((e.subscriber_id, e.outcome.value) for e in world.bulk.events) == sorted(
+        [(batch.recipients[0].subscriber_id, "duplicate"), (batch.recipients[1].subscriber_id, "accepted")]
+    )
