@@ -610,6 +610,17 @@ def test_mobilise_runs_from_the_dockerfile_image(profiles: tuple[str, ...]) -> N
 
 
 @pytest.mark.parametrize("profiles", PROFILES)
+def test_workers_get_the_time_a_stop_without_a_broker_takes(profiles: tuple[str, ...]) -> None:
+    # A worker gives up its last commit after FINAL_COMMIT_SECONDS; Docker's default would kill it at 10 s.
+    from streams.consumer import FINAL_COMMIT_SECONDS
+
+    for name, worker in workers(profiles).items():
+        grace = str(worker.get("stop_grace_period", "10s"))
+        assert grace.endswith("s") and grace[:-1].isdigit(), f"{name}: stop_grace_period {grace!r}"
+        assert int(grace[:-1]) >= 2 * FINAL_COMMIT_SECONDS, f"{name}: stop_grace_period {grace}"
+
+
+@pytest.mark.parametrize("profiles", PROFILES)
 def test_worker_outbox_is_a_named_volume(profiles: tuple[str, ...]) -> None:
     declared = set(compose_config(profiles).get("volumes") or {})
     for name, worker in workers(profiles).items():
