@@ -50,11 +50,12 @@ class Worker:
                 continue
         return lines
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 30.0) -> int:
+        """Send ``sig``, and SIGKILL after ``grace`` seconds; the exit code (-9 when killed)."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)

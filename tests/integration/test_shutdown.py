@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,22 +10,13 @@ from kafka import KafkaConsumer, TopicPartition
 
 from mobilise.broker import EmbeddedBroker, free_port
 
-from .harness import PipelineHarness, Worker, case_update, subscription
+from .harness import PipelineHarness, case_update, subscription
 from .severable_link import SeverableLink
 
 pytestmark = pytest.mark.integration
 
 # Kubernetes' default grace period between SIGTERM and SIGKILL; mode's own bound is 60 s.
 GRACE_SECONDS = 30
-
-
-def _exit_code_after_sigterm(worker: Worker) -> int | None:
-    """SIGTERM ``worker``; its exit code, or None if it is still running after the grace period."""
-    worker.process.send_signal(signal.SIGTERM)
-    try:
-        return worker.process.wait(timeout=GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        return None
 
 
 def test_a_worker_whose_broker_has_gone_exits_at_once_on_sigterm(tmp_path: Path) -> None:
@@ -41,11 +30,10 @@ def test_a_worker_whose_broker_has_gone_exits_at_once_on_sigterm(tmp_path: Path)
         lambda: b"Connect call failed" in worker.log_path.with_suffix(".stderr").read_bytes(),
     )
     time.sleep(1)  # let its fetcher settle into retrying
-    code = _exit_code_after_sigterm(worker)
+    code = worker.stop(grace=GRACE_SECONDS)
     stderr = worker.log_path.with_suffix(".stderr").read_text()
-    worker.stop()
 
-    assert code == 0, f"the worker did not exit within {GRACE_SECONDS} s of SIGTERM (code {code})"
+    assert code == 0, f"the worker did not exit within {GRACE_SECONDS} s of SIGTERM (code {code}; -9: killed)"
     assert "Error while stopping child" not in stderr, stderr[-3000:]
     assert "Exception in thread" not in stderr, stderr[-3000:]
     closed = [e for e in worker.events() if e.get("event") == "sink.closed"]
@@ -65,12 +53,11 @@ def test_a_worker_with_an_offset_to_commit_exits_on_sigterm_when_the_broker_hang
         # Before the next periodic commit (every few seconds) takes the record's offset, the
         # broker stops answering: the worker's last commit would wait for it for ever.
         link.silence()
-        code = _exit_code_after_sigterm(worker)
-        worker.stop()
+        code = worker.stop(grace=GRACE_SECONDS)
         link.cut()  # every half-spoken connection closed; new ones carry again
         link.restore()
         committed = _committed(broker, pipeline)
-    assert code == 0, f"the worker did not exit within {GRACE_SECONDS} s of SIGTERM (code {code})"
+    assert code == 0, f"the worker did not exit within {GRACE_SECONDS} s of SIGTERM (code {code}; -9: killed)"
     assert len([e for e in worker.events() if e.get("event") == "sink.closed"]) == 1
     if not committed:  # else a periodic commit took the offset before the broker hung
         assert [e for e in worker.events() if e.get("event") == "worker.final_commit_abandoned"]
@@ -105,10 +92,9 @@ def test_a_worker_whose_sink_keeps_failing_stops_at_once_and_leaves_the_batch_to
     pipeline.publish(update)
     pipeline.wait_until("the sink to fail twice", lambda: len(pipeline.events("delivery.retrying")) >= 2)
 
-    code = _exit_code_after_sigterm(first)
-    first.stop()
+    code = first.stop(grace=GRACE_SECONDS)
     pipeline.workers.remove(first)
-    assert code == 0, f"the worker did not exit within {GRACE_SECONDS} s of SIGTERM (code {code})"
+    assert code == 0, f"the worker did not exit within {GRACE_SECONDS} s of SIGTERM (code {code}; -9: killed)"
     assert [e for e in first.events() if e.get("event") == "delivery.interrupted"]
     assert pipeline.deliveries() == []  # nothing recorded: neither sent nor given up
 
