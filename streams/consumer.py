@@ -1,7 +1,8 @@
 """The worker's Kafka consumer: faust's, made to re-read what it would skip or stop reading.
 
-It rewinds partitions that have no commit yet, fetches again a partition it has stopped
-reading (streams/stalls.py), and stops within seconds when the broker has gone.
+It rewinds partitions that have no commit yet, hands no record on while it seeks a new
+assignment, fetches again a partition it has stopped reading (streams/stalls.py), and stops
+within seconds when the broker has gone.
 """
 
 from __future__ import annotations
@@ -168,7 +169,18 @@ class RewindingConsumer(AIOKafkaConsumer):
         return thread
 
     async def perform_seek(self) -> None:
-        """Seek to the committed offsets, and to the beginning where there is none."""
+        """Seek to the committed offsets, and to the beginning where there is none; hold the flow meanwhile.
+
+        faust resumes the partitions of a new assignment before this seek, and resumes the
+        flow only after it. Records the client fetched in between were handed on to streams
+        that did not process them (their flow was not resumed yet; seen committed past them,
+        too), and raised the read offsets past them, so the same records fetched again after
+        the seek were dropped as read already: the partition read to its end, nothing of it
+        processed, and alerts never sent. With the flow stopped, no record is handed on until
+        the seek and the read offsets agree. faust resumes the flow after every seek it asks
+        for, so it is not resumed here.
+        """
+        self.stop_flow()
         committed = await self.seek_to_committed()
         # As faust's own perform_seek does:
         self._read_offset.update(
