@@ -320,13 +320,26 @@ def create_app(settings: Settings, sink: Sink) -> Pipeline:  # type: ignore[type
                 log.warning("partition_watch.skipped", error=repr(exc))
                 return
             stalled = watch.observe(time.monotonic(), states)
-            for tp, position in stalled.items():
+            for tp, offset in stalled.items():
                 state = states[tp]
+                if state.unaccounted:
+                    # Read and then dropped between the client and the streams (streams/stalls.py).
+                    log.warning(
+                        "partition.lost",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        position=state.position,
+                        committed=state.committed,
+                        read_from=offset,
+                        seconds=settings.stall_seconds,
+                    )
+                    metrics.partitions_lost.labels(tp.topic, str(tp.partition)).inc()
+                    continue
                 log.warning(
                     "partition.stalled",
                     topic=tp.topic,
                     partition=tp.partition,
-                    position=position,
+                    position=offset,
                     end=state.end,
                     held=state.held,
                     taken=state.taken,

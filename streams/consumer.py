@@ -1,15 +1,15 @@
 """The worker's Kafka consumer: faust's, made to re-read what it would skip or stop reading.
 
 It rewinds partitions that have no commit yet, hands no record on while it seeks a new
-assignment, fetches again a partition it has stopped reading (streams/stalls.py), and stops
-within seconds when the broker has gone.
+assignment, fetches again a partition it has stopped reading or has read and lost
+(streams/stalls.py), and stops within seconds when the broker has gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiokafka
 import structlog
@@ -133,12 +133,22 @@ class RewindingConsumer(AIOKafkaConsumer):
         ends = await self.highwaters(*wanted)  # asks the broker
         view = await self._thread.call_thread(fetch_view, self._thread._ensure_consumer(), wanted)
         active = self._active_partitions
+        # Records the streams have and the commit does not cover yet: queued for a stream
+        # (not tracked until a stream takes them, so counted by topic), being processed
+        # (tracked until acked; dropped ones vanish from the weak set), or acked.
+        channels = cast(Any, self.app.topics)._topic_name_index  # the conductor's, by topic name
+        queued = {tp.topic for tp in wanted if any(not c.queue.empty() for c in channels.get(tp.topic, ()))}
+        pending = {message.tp for message in list(self._unacked_messages)}
+        pending.update(tp for tp, acked in self._acked.items() if acked)
+        pending.update(tp for tp in wanted if tp.topic in queued)
         return {
             tp: FetchState(
                 position=position,
                 end=ends.get(tp),
                 held=held,
                 taken=active is None or tp in active,
+                committed=self._committed_offset.get(tp),
+                pending=tp in pending,
             )
             for tp, (position, held) in view.items()
         }
@@ -158,9 +168,17 @@ class RewindingConsumer(AIOKafkaConsumer):
         return {tp: max(0, end - (committed.get(tp) or 0)) for tp, end in ends.items() if end is not None}
 
     async def refetch(self, positions: Mapping[TP, int]) -> None:
-        """Make the partitions readable again and fetch them anew from ``positions``."""
+        """Make the partitions readable again and fetch them anew from ``positions``.
+
+        As faust's own seek does, the read offsets follow, or faust would drop the records
+        fetched again below them as read already (which is how a partition gets lost:
+        streams/stalls.py).
+        """
         active = self._get_active_partitions()
         self.resume_partitions([tp for tp in positions if tp not in active])
+        # Before the seek, so that none of the records fetched after it meets the old ones.
+        for tp, offset in positions.items():
+            self._read_offset[tp] = offset if offset else None
         await self._thread.call_thread(refetch_at, self._thread._ensure_consumer(), positions)
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:

@@ -98,6 +98,12 @@ class PipelineMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.partitions_lost = Counter(
+            "mobilise_partitions_lost_total",
+            "Times an input partition's records past the commit were in nobody's hands, and were read again.",
+            ["topic", "partition"],
+            registry=registry,
+        )
         self.held_batches = Gauge(
             "mobilise_held_alert_batches",
             "Alert batches held for a wave or a reminder on this worker's partitions.",

@@ -271,8 +271,12 @@ def server() -> Iterator[SmtpServer]:
 
 @pytest.fixture
 def mailing(broker: EmbeddedBroker, tmp_path: Path, server: SmtpServer) -> Iterator[SmtpPipeline]:
-    # Enough attempts to outlast the outage (the backoff is capped at a minute).
-    harness = SmtpPipeline(broker, tmp_path, server, MOBILISE_DELIVERY_MAX_ATTEMPTS="50")
+    # Enough attempts to outlast the outage (the backoff is capped at a minute). A partition
+    # watch period shorter than the outage: records waiting for the sink are neither stalled
+    # nor lost, so it must not fetch them again (streams/stalls.py).
+    harness = SmtpPipeline(
+        broker, tmp_path, server, MOBILISE_DELIVERY_MAX_ATTEMPTS="50", MOBILISE_STALL_SECONDS="3"
+    )
     try:
         yield harness
     finally:
@@ -322,3 +326,5 @@ def test_alerts_wait_while_the_mail_server_is_down_and_all_go_out_once_it_return
     waited = [d for d in mailing.deliveries() if d.outcome == "accepted" and d.event_id in waiting]
     assert len(waited) == 2 * len(people) and all(d.at >= back for d in waited), "all after the outage"
     assert any(d.attempts > 1 for d in waited), "the batch in hand was retried, not dropped"
+    assert not mailing.events("partition.lost") and not mailing.events("partition.stalled")
+    assert not [d for d in mailing.deliveries() if d.outcome == "duplicate"], "nothing was read twice"

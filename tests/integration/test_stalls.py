@@ -9,8 +9,10 @@ aiokafka client on the embedded broker, by asking only for the other partition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
@@ -33,6 +35,22 @@ async def _states(client: AIOKafkaConsumer, tps: list[TP], taken: set[TP]) -> di
     }
 
 
+@contextlib.asynccontextmanager
+async def _clients(broker: EmbeddedBroker) -> AsyncIterator[tuple[AIOKafkaProducer, AIOKafkaConsumer]]:
+    """A producer, and a consumer that commits nothing, on the embedded broker."""
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    client = AIOKafkaConsumer(
+        bootstrap_servers=broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
+    )
+    await producer.start()
+    await client.start()
+    try:
+        yield producer, client
+    finally:
+        await client.stop()
+        await producer.stop()
+
+
 async def _read_until(client: AIOKafkaConsumer, tp: TopicPartition, count: int) -> list[int]:
     offsets: list[int] = []
     deadline = time.monotonic() + 30
@@ -50,18 +68,13 @@ def test_records_held_and_never_taken_stall_the_partition_and_a_refetch_reads_on
     p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
 
     async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
-        client = AIOKafkaConsumer(
-            bootstrap_servers=broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100
-        )
-        await producer.start()
-        await client.start()
+        async with _clients(broker) as (producer, client):
 
-        async def put(tp: TopicPartition, count: int) -> None:
-            for _ in range(count):  # one record a batch: the embedded broker then reports true end offsets
-                await producer.send_and_wait(tp.topic, b"x", partition=tp.partition)
+            async def put(tp: TopicPartition, count: int) -> None:
+                # One record a batch: the embedded broker then reports true end offsets.
+                for _ in range(count):
+                    await producer.send_and_wait(tp.topic, b"x", partition=tp.partition)
 
-        try:
             client.assign([p0, p1])
             await client.seek_to_beginning(p0, p1)
             await put(p0, 3)
@@ -90,8 +103,43 @@ def test_records_held_and_never_taken_stall_the_partition_and_a_refetch_reads_on
             after = await _states(client, [p0, p1], taken={p0, p1})
             assert not after[p0].behind
             assert watch.observe(2 * STALL, after) == {}
-        finally:
-            await client.stop()
-            await producer.stop()
+
+    asyncio.run(run())
+
+
+def test_records_read_past_the_commit_and_then_dropped_are_seen_as_lost_and_read_again_from_the_commit(
+    broker: EmbeddedBroker,
+) -> None:
+    # The shape of the loss after a rebalance (streams/stalls.py): the client handed records
+    # on, the streams dropped them, and the position is at the end while the commit is not.
+    topic = f"lost-{uuid.uuid4().hex[:8]}"
+    create_topics([broker.bootstrap], [TopicSpec(name=topic, partitions=1)], 1)
+    p0 = TopicPartition(topic, 0)
+
+    async def run() -> None:
+        async with _clients(broker) as (producer, client):
+            for _ in range(5):  # one record a batch: the embedded broker then reports true end offsets
+                await producer.send_and_wait(topic, b"x", partition=0)
+            client.assign([p0])
+            await client.seek_to_beginning(p0)
+            assert await _read_until(client, p0, 5) == [0, 1, 2, 3, 4]  # and dropped
+
+            async def states() -> dict[TP, FetchState]:
+                (position, held), end = (
+                    (await fetch_view(client, [p0]))[p0],
+                    (await client.end_offsets([p0]))[p0],
+                )
+                # Offset 0 was processed and committed; nothing is with the streams.
+                return {p0: FetchState(position, end, held, taken=True, committed=1, pending=False)}
+
+            watch: StallWatch[TP] = StallWatch(STALL)
+            first = await states()
+            assert first[p0].unaccounted and not first[p0].behind
+            assert watch.observe(0.0, first) == {}
+            lost = watch.observe(STALL, await states())
+            assert lost == {p0: 1}
+
+            await refetch_at(client, lost)
+            assert await _read_until(client, p0, 4) == [1, 2, 3, 4]
 
     asyncio.run(run())
