@@ -140,7 +140,6 @@ class RewindingConsumer(AIOKafkaConsumer):
         queued = {tp.topic for tp in wanted if any(not c.queue.empty() for c in channels.get(tp.topic, ()))}
         pending = {message.tp for message in list(self._unacked_messages)}
         pending.update(tp for tp, acked in self._acked.items() if acked)
-        pending.update(tp for tp in wanted if tp.topic in queued)
         return {
             tp: FetchState(
                 position=position,
@@ -148,7 +147,7 @@ class RewindingConsumer(AIOKafkaConsumer):
                 held=held,
                 taken=active is None or tp in active,
                 committed=self._committed_offset.get(tp),
-                pending=tp in pending,
+                pending=tp in pending or tp.topic in queued,
             )
             for tp, (position, held) in view.items()
         }

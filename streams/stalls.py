@@ -52,7 +52,7 @@ class FetchState:
     committed: int | None = None
     """The group's committed offset, where a worker that takes over starts; None if unknown."""
     pending: bool = False
-    """The streams have records of the partition not yet committed: being processed, or acked."""
+    """The streams have records of the partition not yet committed: queued, being processed, or acked."""
 
     @property
     def behind(self) -> bool:
