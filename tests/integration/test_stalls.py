@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
@@ -26,13 +26,28 @@ from streams.topics import TopicSpec
 STALL = 30.0
 
 
-async def _states(client: AIOKafkaConsumer, tps: list[TP], taken: set[TP]) -> dict[TP, FetchState]:
+async def _states(
+    client: AIOKafkaConsumer, tps: list[TP], taken: set[TP], committed: Mapping[TP, int] | None = None
+) -> dict[TP, FetchState]:
+    """What the worker would see: ``committed`` as its group's commits, nothing with the streams."""
     ends = await client.end_offsets(tps)
     view = await fetch_view(client, tps)
     return {
-        tp: FetchState(position=position, end=ends[tp], held=held, taken=tp in taken)
+        tp: FetchState(
+            position=position,
+            end=ends[tp],
+            held=held,
+            taken=tp in taken,
+            committed=(committed or {}).get(tp),
+        )
         for tp, (position, held) in view.items()
     }
+
+
+async def _put(producer: AIOKafkaProducer, tp: TopicPartition, count: int) -> None:
+    # One record a batch: the embedded broker then reports true end offsets.
+    for _ in range(count):
+        await producer.send_and_wait(tp.topic, b"x", partition=tp.partition)
 
 
 @contextlib.asynccontextmanager
@@ -69,22 +84,16 @@ def test_records_held_and_never_taken_stall_the_partition_and_a_refetch_reads_on
 
     async def run() -> None:
         async with _clients(broker) as (producer, client):
-
-            async def put(tp: TopicPartition, count: int) -> None:
-                # One record a batch: the embedded broker then reports true end offsets.
-                for _ in range(count):
-                    await producer.send_and_wait(tp.topic, b"x", partition=tp.partition)
-
             client.assign([p0, p1])
             await client.seek_to_beginning(p0, p1)
-            await put(p0, 3)
-            await put(p1, 3)
+            await _put(producer, p0, 3)
+            await _put(producer, p1, 3)
             # Only p1 is asked for, as faust asks only for the partitions it has active.
             assert await _read_until(client, p1, 3) == [0, 1, 2]
             deadline = time.monotonic() + 30
             while not (await fetch_view(client, [p0]))[p0][1] and time.monotonic() < deadline:
                 await client.getmany(p1, timeout_ms=100)
-            await put(p0, 2)
+            await _put(producer, p0, 2)
             for _ in range(10):  # p0 is never fetched again: its position stays, its end grows
                 await client.getmany(p1, timeout_ms=100)
 
@@ -118,25 +127,17 @@ def test_records_read_past_the_commit_and_then_dropped_are_seen_as_lost_and_read
 
     async def run() -> None:
         async with _clients(broker) as (producer, client):
-            for _ in range(5):  # one record a batch: the embedded broker then reports true end offsets
-                await producer.send_and_wait(topic, b"x", partition=0)
+            await _put(producer, p0, 5)
             client.assign([p0])
             await client.seek_to_beginning(p0)
             assert await _read_until(client, p0, 5) == [0, 1, 2, 3, 4]  # and dropped
 
-            async def states() -> dict[TP, FetchState]:
-                (position, held), end = (
-                    (await fetch_view(client, [p0]))[p0],
-                    (await client.end_offsets([p0]))[p0],
-                )
-                # Offset 0 was processed and committed; nothing is with the streams.
-                return {p0: FetchState(position, end, held, taken=True, committed=1, pending=False)}
-
+            # Offset 0 was processed and committed; nothing is with the streams.
             watch: StallWatch[TP] = StallWatch(STALL)
-            first = await states()
+            first = await _states(client, [p0], taken={p0}, committed={p0: 1})
             assert first[p0].unaccounted and not first[p0].behind
             assert watch.observe(0.0, first) == {}
-            lost = watch.observe(STALL, await states())
+            lost = watch.observe(STALL, await _states(client, [p0], taken={p0}, committed={p0: 1}))
             assert lost == {p0: 1}
 
             await refetch_at(client, lost)
