@@ -5,7 +5,9 @@ with ``policy.default`` that class parses and refolds every header through its h
 registry, which cost milliseconds per alert, more than everything else an alert goes
 through. The format is fixed and small (a few headers, a text and an HTML alternative),
 so it is spelled out here: UTF-8 bodies in quoted-printable (7-bit clean, so any mail
-server takes them), non-ASCII headers in RFC 2047 encoded words.
+server takes them), non-ASCII headers in RFC 2047 encoded words, the recipient's domain in
+ASCII (:mod:`connectors.addresses`). Only an address whose local part goes beyond ASCII is
+written in UTF-8 (RFC 6532): no other form of it exists.
 
 Everyone who gets an update in one language gets the same message but for a few header
 values and the lines of the bodies that hold a per-person slot. A
@@ -23,13 +25,14 @@ from datetime import UTC, datetime
 from email import policy
 from email.header import Header
 from email.message import EmailMessage
-from email.parser import BytesParser
-from email.utils import format_datetime, formataddr, parseaddr
+from email.parser import Parser
+from email.utils import format_datetime, parseaddr
 from functools import lru_cache
 
 from schemas import Alert
 from schemas._base import stable_id
 
+from .addresses import header_address
 from .rendering import (
     ONE_CLICK,
     PLACEHOLDER_MARK,
@@ -42,9 +45,9 @@ from .rendering import (
     unsubscribe_headers,
 )
 
-__all__ = ["MessageTemplate", "alert_bytes", "alert_message", "message_template"]
+__all__ = ["MessageTemplate", "alert_bytes", "alert_message", "message_id", "message_template"]
 
-_PARSER = BytesParser(policy=policy.default)
+_PARSER = Parser(policy=policy.default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +115,7 @@ class MessageTemplate:
         """The message of ``alert`` with ``values`` (its personal substitutions) in its slots.
 
         Raises:
-            ValueError: the address has no ``@``.
+            ValueError: the address has no ``@``, or is no address at all.
 
         """
         if "@" not in alert.email:
@@ -121,9 +124,9 @@ class MessageTemplate:
         return "".join(
             (
                 self.head,
-                f"To: {_address(alert.name or '', alert.email)}\n",
+                f"To: {header_address(alert.name, alert.email)}\n",
                 self.middle,
-                f"Message-ID: <{alert.alert_id}@{self.domain}>\n",
+                f"Message-ID: {_message_id(alert.alert_id, self.domain)}\n",
                 _header("List-Unsubscribe", unsubscribe),
                 _header("X-Mobilise-Alert-Id", alert.alert_id),
                 self.tail,
@@ -132,7 +135,7 @@ class MessageTemplate:
                 self.html.render(values),
                 self.end,
             )
-        ).encode("ascii")
+        ).encode("utf-8")  # ASCII but for a local part beyond it, which the header must carry
 
 
 @lru_cache(maxsize=256)
@@ -196,9 +199,19 @@ def alert_bytes(alert: Alert, identity: EmailIdentity) -> bytes:
     return template.render(alert, identity, personal_substitutions(alert, identity))
 
 
+def message_id(alert: Alert, identity: EmailIdentity) -> str:
+    """The Message-ID header of ``alert``'s message, angle brackets included."""
+    return _message_id(alert.alert_id, _sender(identity.from_email)[1])
+
+
+def _message_id(alert_id: str, domain: str) -> str:
+    return f"<{alert_id}@{domain}>"
+
+
 def alert_message(alert: Alert, identity: EmailIdentity) -> EmailMessage:
     """The same message as :func:`alert_bytes`, parsed, for transports that take a message."""
-    message = _PARSER.parsebytes(alert_bytes(alert, identity))
+    # Parsed from text: the bytes parser reads UTF-8 in a header (RFC 6532) as unknown bytes.
+    message = _PARSER.parsestr(alert_bytes(alert, identity).decode("utf-8"))
     assert isinstance(message, EmailMessage)  # what policy.default parses into
     return message
 
@@ -207,12 +220,7 @@ def alert_message(alert: Alert, identity: EmailIdentity) -> EmailMessage:
 def _sender(from_email: str) -> tuple[str, str]:
     # The same configured sender for every alert: parse and format it once.
     sender = parseaddr(from_email)
-    return f"From: {_address(*sender)}\n", sender[1].partition("@")[2] or "mobilise.local"
-
-
-def _address(name: str, address: str) -> str:
-    # A display name is one line; formataddr quotes it, or encodes it when not ASCII.
-    return formataddr((" ".join(name.split()), address), charset="utf-8")
+    return f"From: {header_address(*sender)}\n", sender[1].partition("@")[2] or "mobilise.local"
 
 
 def _header(name: str, value: str) -> str:

@@ -34,6 +34,7 @@ from python_http_client import exceptions as http_errors
 
 from schemas import Alert, PublicCase
 
+from .addresses import transport_address
 from .base import Sink, SinkOutcome
 from .email_config import EmailSinkConfig
 from .lookahead import Lookahead, alert_ids
@@ -180,6 +181,7 @@ def _fits_substitutions(values: Mapping[str, str]) -> bool:
 
 
 def _address(email: str, name: str | None) -> dict[str, str]:
+    email = transport_address(email)  # an internationalised domain in ASCII (cached)
     if not name:
         return {"email": email}
     if "," in name or ";" in name:
@@ -329,6 +331,7 @@ def plan_requests(
         for alert in group:
             try:
                 values = personal_substitutions(alert, identity)
+                transport_address(alert.email)  # an address no transport takes fails here, alone
             except (jinja2.TemplateError, ValueError) as exc:
                 failed.append(_cannot_render(alert, exc))
                 continue

@@ -11,7 +11,6 @@ import asyncio
 import re
 import ssl
 from collections.abc import Sequence
-from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -24,10 +23,11 @@ from pydantic import Field, FilePath, SecretStr, model_validator
 from mobilise.errors import ConfigurationError, RetryableError
 from schemas import Alert
 
+from .addresses import needs_smtputf8, transport_address
 from .base import Sink, SinkOutcome
 from .email_config import EmailSinkConfig
 from .lookahead import Lookahead, alert_ids
-from .mime import alert_message
+from .mime import alert_bytes, message_id
 
 __all__ = ["SmtpConfig", "SmtpSink"]
 
@@ -122,14 +122,14 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
     def __init__(self, config: SmtpConfig) -> None:
         super().__init__(config)
         self._identity = config.identity()
-        self._sender = parseaddr(config.from_email)[1]
+        self._sender = transport_address(parseaddr(config.from_email)[1])
         self._tls_context: ssl.SSLContext | None = None
         self._client: aiosmtplib.SMTP | None = None
         self._sent_on_connection = 0
         self._ready = False
         # One connection carries one transaction at a time.
         self._lock = asyncio.Lock()
-        self._ahead: Lookahead[list[tuple[Alert, EmailMessage | SinkOutcome]]] = Lookahead()
+        self._ahead: Lookahead[list[tuple[Alert, bytes | SinkOutcome]]] = Lookahead()
 
     async def setup(self) -> None:
         """Load the CA bundle; connect lazily, on the first batch.
@@ -188,19 +188,21 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
 
     # -- rendering -------------------------------------------------------------------------
 
-    def _render_all(self, alerts: list[Alert]) -> list[tuple[Alert, EmailMessage | SinkOutcome]]:
+    def _render_all(self, alerts: list[Alert]) -> list[tuple[Alert, bytes | SinkOutcome]]:
         return [(alert, self._render(alert)) for alert in alerts]
 
-    def _render(self, alert: Alert) -> EmailMessage | SinkOutcome:
+    def _render(self, alert: Alert) -> bytes | SinkOutcome:
+        # The message as bytes, sent as they are: an EmailMessage parsed from them and
+        # flattened again by the client cost about 2.4 ms a message, 50 times the rendering.
         try:
-            return alert_message(alert, self._identity)
+            return alert_bytes(alert, self._identity)
         except (jinja2.TemplateError, ValueError) as exc:
             # The same alert fails the same way every time: a permanent failure.
             return SinkOutcome(record_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def _send_all(self, rendered: list[tuple[Alert, EmailMessage | SinkOutcome]]) -> list[SinkOutcome]:
+    async def _send_all(self, rendered: list[tuple[Alert, bytes | SinkOutcome]]) -> list[SinkOutcome]:
         outcomes: list[SinkOutcome] = []
         checked = False
         for index, (alert, message) in enumerate(rendered):
@@ -221,10 +223,24 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
             outcomes.append(outcome)
         return outcomes
 
-    async def _send(self, client: aiosmtplib.SMTP, alert: Alert, message: EmailMessage) -> SinkOutcome:
+    async def _send(self, client: aiosmtplib.SMTP, alert: Alert, message: bytes) -> SinkOutcome:
+        recipient = transport_address(str(alert.email))
+        options: list[str] = []
         self._sent_on_connection += 1
         try:
-            await client.send_message(message, sender=self._sender, recipients=[str(alert.email)])
+            if needs_smtputf8(recipient) or needs_smtputf8(self._sender):
+                if client.is_ehlo_or_helo_needed:
+                    await client.ehlo()  # what the server offers is known after it
+                if not client.supports_extension("smtputf8"):
+                    return SinkOutcome(
+                        record_id=alert.alert_id,
+                        accepted=False,
+                        error="the SMTP server cannot take an address with letters beyond ASCII before "
+                        "its @ (it does not offer SMTPUTF8): send through a server that does",
+                    )
+                options.append("SMTPUTF8")
+            # (The client turns the message's line ends into CRLF and escapes leading dots.)
+            await client.sendmail(self._sender, [recipient], message, mail_options=options)
         except asyncio.CancelledError:
             self._drop(reason="cancelled")  # mid-transaction: the connection cannot be reused
             raise
@@ -262,7 +278,9 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
             raise _Unavailable(
                 _report_unavailable(self.config, "connection failed while sending", exc)
             ) from exc
-        return SinkOutcome(record_id=alert.alert_id, accepted=True, provider_message_id=message["Message-ID"])
+        return SinkOutcome(
+            record_id=alert.alert_id, accepted=True, provider_message_id=message_id(alert, self._identity)
+        )
 
     def _refused(self, alert: Alert, code: int, text: str, what: str) -> SinkOutcome:
         permanent = code >= 500
@@ -383,7 +401,7 @@ def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 def _all_retryable(
-    rest: Sequence[tuple[Alert, EmailMessage | SinkOutcome]], error: str, retry_after: float | None = None
+    rest: Sequence[tuple[Alert, bytes | SinkOutcome]], error: str, retry_after: float | None = None
 ) -> list[SinkOutcome]:
     return [
         message

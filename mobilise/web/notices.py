@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -38,6 +38,7 @@ import aiohttp
 import aiosmtplib
 import structlog
 
+from connectors.addresses import header_address, needs_smtputf8, transport_address
 from connectors.outbox import OutboxConfig
 from connectors.sendgrid_mail import SendGridConfig
 from connectors.smtp import SmtpConfig
@@ -217,8 +218,8 @@ def notice_message(notice: Notice, from_email: str, *, now: float) -> EmailMessa
     """``notice`` as an RFC 5322 message (text and HTML alternatives, quoted-printable UTF-8)."""
     message = EmailMessage(policy=policy.default)
     sender = parseaddr(from_email)
-    message["From"] = formataddr(sender)
-    message["To"] = formataddr((" ".join((notice.to_name or "").split()), notice.to_email))
+    message["From"] = header_address(*sender)
+    message["To"] = header_address(notice.to_name, notice.to_email)
     message["Subject"] = notice.subject
     message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
     domain = sender[1].partition("@")[2] or "mobilise.local"
@@ -255,7 +256,10 @@ class _OutboxSender:
         self._clock = clock
 
     async def send(self, notice: Notice) -> None:
-        data = notice_message(notice, self._config.from_email, now=self._clock()).as_bytes()
+        message = notice_message(notice, self._config.from_email, now=self._clock())
+        # An address beyond ASCII before its @ is written as it is (RFC 6532), not encoded.
+        utf8 = needs_smtputf8(transport_address(notice.to_email))
+        data = message.as_bytes(policy=policy.SMTPUTF8) if utf8 else message.as_bytes()
         try:
             await asyncio.to_thread(self._write, f"notice-{notice.notice_id}.eml", data)
         except OSError as exc:
@@ -294,8 +298,9 @@ class _SmtpSender:
         try:
             await aiosmtplib.send(
                 message,
-                sender=parseaddr(config.from_email)[1],
-                recipients=[notice.to_email],
+                # (The client asks for SMTPUTF8 when an address needs it.)
+                sender=transport_address(parseaddr(config.from_email)[1]),
+                recipients=[transport_address(notice.to_email)],
                 hostname=config.smtp_host,
                 port=config.smtp_port,
                 use_tls=config.smtp_security == "tls",
@@ -321,7 +326,7 @@ class _SendGridSender:
     async def send(self, notice: Notice) -> None:
         config = self._config
         sender_name, sender_email = parseaddr(config.from_email)
-        to: dict[str, str] = {"email": notice.to_email}
+        to: dict[str, str] = {"email": transport_address(notice.to_email)}
         if notice.to_name:
             to["name"] = notice.to_name
         body: dict[str, Any] = {

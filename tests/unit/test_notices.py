@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesParser, Parser
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +238,37 @@ def test_without_public_links_there_is_no_manage_link() -> None:
     assert "Manage your alerts" not in email.text + email.html and "%mobilise_" not in email.text + email.html
     (request,), _ = plan_requests([alert], PLAIN)
     assert "manage" not in json.dumps(request.body["personalizations"][0]["substitutions"])
+
+
+@pytest.mark.parametrize(
+    ("address", "sent_as"),
+    [("adele@exämple.org", "adele@xn--exmple-cua.org"), ("adèle@exämple.org", "adèle@xn--exmple-cua.org")],
+    ids=["domain-beyond-ascii", "local-part-beyond-ascii"],
+)
+def test_a_notice_to_an_internationalised_address_goes_in_the_form_mail_systems_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, address: str, sent_as: str
+) -> None:
+    subscription = person().model_copy(update={"email": address})
+    notice = render_notice("confirm", subscription, LINKS)
+    monkeypatch.setenv("MOBILISE_OUTBOX_DIR", str(tmp_path / "outbox"))
+    monkeypatch.setenv("MOBILISE_FROM_EMAIL", "Network <alerts@example.net>")
+    outbox = notice_sender("outbox", clock=clock)
+    assert outbox is not None
+    asyncio.run(outbox.send(notice))
+    (written,) = (tmp_path / "outbox").iterdir()
+    data = written.read_bytes()
+    # Only an address beyond ASCII before its @ makes the file other than 7-bit (RFC 6532).
+    assert data.isascii() == sent_as.isascii()
+    parsed = Parser(policy=policy.default).parsestr(data.decode("utf-8"))
+    assert parsed["To"].addresses[0].addr_spec == sent_as
+    assert parsed["To"].addresses[0].display_name == "Adèle"
+
+    with SmtpServer("none", login=False, smtputf8=True) as server:
+        for name, value in server.env(None, login=False).items():
+            monkeypatch.setenv(name, value)
+        smtp = notice_sender("smtp", clock=clock)
+        assert smtp is not None
+        asyncio.run(smtp.send(notice))
+        (received,) = server.mailbox.messages
+        assert received.rcpt_tos == [sent_as]
+        assert received.message()["To"].addresses[0].addr_spec == sent_as

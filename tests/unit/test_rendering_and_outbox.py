@@ -4,7 +4,7 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from email import policy
-from email.parser import BytesParser
+from email.parser import BytesParser, Parser
 from pathlib import Path
 
 import pytest
@@ -155,3 +155,40 @@ def test_personal_substitutions_are_the_personal_parts_substitutions() -> None:
         for alert in (make_alert(), make_alert("es"), make_alert().model_copy(update={"name": None})):
             expected = render_personal(alert, identity).substitutions()
             assert personal_substitutions(alert, identity) == expected
+
+
+def test_internationalised_addresses_are_written_in_the_form_mail_systems_take(tmp_path: Path) -> None:
+    # The schemas keep an address's Unicode form, even of a domain given in ASCII (IDNA).
+    base = make_alert()
+    domain = base.model_copy(update={"email": "ana@exämple.org"})
+    local = base.model_copy(
+        update={"email": "josé@exämple.org", "alert_id": alert_id_for(base.event_id, "sub-2"), "name": "José"}
+    )
+    sink = OutboxSink(OutboxConfig(outbox_dir=tmp_path / "out"))
+
+    async def run() -> list[object]:
+        await sink.setup()
+        try:
+            return list(await sink.deliver([domain, local]))
+        finally:
+            await sink.close()
+
+    assert all(o.accepted for o in asyncio.run(run()))  # type: ignore[attr-defined]
+    written = {a.alert_id: (tmp_path / "out" / f"{a.alert_id}.eml").read_bytes() for a in (domain, local)}
+    to_lines = {
+        key: next(line for line in data.split(b"\n") if line.startswith(b"To:"))
+        for key, data in written.items()
+    }
+    # The domain in ASCII: the whole message stays 7-bit, as every server takes it.
+    assert (
+        to_lines[domain.alert_id] == b"To: Rahima <ana@xn--exmple-cua.org>"
+        and written[domain.alert_id].isascii()
+    )
+    # A local part beyond ASCII has no other form: UTF-8 in the header (RFC 6532), nowhere else.
+    # (The name is encoded, as names beyond ASCII always are.)
+    assert to_lines[local.alert_id].startswith(b"To: =?utf-8?")
+    assert to_lines[local.alert_id].endswith(" <josé@xn--exmple-cua.org>".encode())
+    assert sum(not line.isascii() for line in written[local.alert_id].split(b"\n")) == 1
+    message = Parser(policy=policy.default).parsestr(written[local.alert_id].decode("utf-8"))
+    assert message["To"].addresses[0].addr_spec == "josé@xn--exmple-cua.org"
+    assert message["To"].addresses[0].display_name == "José"

@@ -735,3 +735,17 @@ def test_settings_name_the_variable_and_hide_the_key(monkeypatch: pytest.MonkeyP
 
 def test_the_sink_is_found_through_its_entry_point() -> None:
     assert load_sink("sendgrid") is SendGridSink
+
+
+def test_an_internationalised_domain_goes_to_sendgrid_in_ascii() -> None:
+    # The schemas keep the Unicode form of a domain, even one given in ASCII (IDNA).
+    plain, international = make_alerts(2)
+    international = international.model_copy(update={"email": "ana@exämple.org"})
+
+    async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
+        outcomes = await sink.deliver([plain, international])
+        assert all(o.accepted for o in outcomes)
+        sent = {email.custom_args["alert_id"]: email.to["email"] for email in fake.emails()}
+        assert sent == {plain.alert_id: plain.email, international.alert_id: "ana@xn--exmple-cua.org"}
+
+    with_sink(test)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import Parser
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,10 @@ class Received:
     """The message came over an encrypted connection."""
 
     def message(self) -> EmailMessage:
-        return BytesParser(policy=policy.default).parsebytes(self.content)
+        # From text: the bytes parser reads UTF-8 in a header (RFC 6532) as unknown bytes.
+        message = Parser(policy=policy.default).parsestr(self.content.decode("utf-8"))
+        assert isinstance(message, EmailMessage)  # what policy.default parses into
+        return message
 
 
 @dataclass
@@ -219,6 +222,7 @@ class SmtpServer:
         certificates: The server's certificate (for ``starttls`` and ``tls``).
         login: Require AUTH before MAIL.
         mechanisms: The AUTH mechanisms offered.
+        smtputf8: Offer SMTPUTF8 (RFC 6531): take addresses beyond ASCII.
 
     """
 
@@ -229,11 +233,16 @@ class SmtpServer:
         *,
         login: bool = True,
         mechanisms: tuple[str, ...] = ("LOGIN", "PLAIN"),
+        smtputf8: bool = False,
     ) -> None:
         self.mailbox = Mailbox()
         self.security = security
         self.port = free_port()
-        self._kwargs: dict[str, Any] = {"server_hostname": "mail.test", "ready_timeout": READY_TIMEOUT}
+        self._kwargs: dict[str, Any] = {
+            "server_hostname": "mail.test",
+            "ready_timeout": READY_TIMEOUT,
+            "enable_SMTPUTF8": smtputf8,
+        }
         context = certificates.server_context() if certificates else None
         if security == "starttls":
             assert context is not None
@@ -623,6 +632,49 @@ def test_an_alert_given_twice_in_a_batch_is_sent_once(
     outcomes = asyncio.run(scenario())
     assert [o.record_id for o in outcomes] == [alert.alert_id] and outcomes[0].accepted
     assert len(starttls.mailbox.messages) == 1
+
+
+@pytest.mark.parametrize("smtputf8", [True, False], ids=["server-with-smtputf8", "server-without"])
+def test_internationalised_addresses_go_in_the_form_each_server_takes(smtputf8: bool) -> None:
+    # The schemas keep an address's Unicode form, even of a domain given in ASCII (IDNA).
+    plain, domain, local = make_alerts(3)
+    domain = domain.model_copy(update={"email": "ana@exämple.org"})
+    local = local.model_copy(update={"email": "josé@exämple.org", "name": "José"})
+    with SmtpServer("none", login=False, smtputf8=smtputf8) as server:
+
+        async def scenario() -> list[SinkOutcome]:
+            sink = SmtpSink(server.config(None, login=False))
+            await sink.setup()
+            try:
+                return list(await sink.deliver([plain, domain, local]))
+            finally:
+                await sink.close()
+
+        outcomes = by_id(asyncio.run(scenario()))
+
+    # Any server takes a domain in its ASCII form, in the envelope and in the To header.
+    assert outcomes[plain.alert_id].accepted and outcomes[domain.alert_id].accepted
+    received = server.mailbox.by_recipient()
+    assert received["ana@xn--exmple-cua.org"]["To"].addresses[0].addr_spec == "ana@xn--exmple-cua.org"
+    assert received["ana@xn--exmple-cua.org"]["Message-ID"] == outcomes[domain.alert_id].provider_message_id
+    sent_local = outcomes[local.alert_id]
+    if smtputf8:
+        # A local part beyond ASCII has no other form: it goes as UTF-8, in the header too.
+        assert sent_local.accepted
+        message = received["josé@xn--exmple-cua.org"]
+        assert message["To"].addresses[0].addr_spec == "josé@xn--exmple-cua.org"
+        assert message["To"].addresses[0].display_name == "José"
+        assert sorted(received) == [
+            "ana@xn--exmple-cua.org",
+            "josé@xn--exmple-cua.org",
+            "person0@example.org",
+        ]
+    else:
+        # Nothing to try again later on this server: a permanent failure that says why.
+        assert not sent_local.accepted and not sent_local.retryable
+        assert sent_local.error is not None and "SMTPUTF8" in sent_local.error and "@" in sent_local.error
+        assert "josé" not in sent_local.error
+        assert sorted(received) == ["ana@xn--exmple-cua.org", "person0@example.org"]
 
 
 # -- refusals and failures -----------------------------------------------------------------
