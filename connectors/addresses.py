@@ -10,12 +10,22 @@ ASCII form: it needs a server with SMTPUTF8 (RFC 6531) and UTF-8 in the header (
 
 from __future__ import annotations
 
+from email.charset import SHORTEST, Charset
 from email.utils import formataddr
 from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
 
-__all__ = ["header_address", "needs_smtputf8", "transport_address"]
+__all__ = ["HEADER_CHARSET", "header_address", "needs_smtputf8", "transport_address"]
+
+HEADER_CHARSET = Charset("utf-8")
+"""UTF-8 for encoded words in headers (RFC 2047), the shorter of Q and B for each.
+
+Set here rather than read from :mod:`email.charset`'s registry, which other libraries change
+for the whole process (apprise, which the chat connector loads, makes it quoted-printable):
+the same alert gives the same bytes whatever else the worker runs.
+"""
+HEADER_CHARSET.header_encoding = SHORTEST
 
 
 def transport_address(address: str) -> str:
@@ -50,8 +60,8 @@ def header_address(name: str | None, address: str) -> str:
     address = transport_address(address)
     shown = " ".join((name or "").split())
     if address.isascii():
-        return formataddr((shown, address), charset="utf-8")
+        return formataddr((shown, address), charset=HEADER_CHARSET)
     if not shown:
         return address
     # formataddr refuses an address beyond ASCII: it formats the name, the address goes after it.
-    return formataddr((shown, "_@_"), charset="utf-8").removesuffix("<_@_>") + f"<{address}>"
+    return formataddr((shown, "_@_"), charset=HEADER_CHARSET).removesuffix("<_@_>") + f"<{address}>"

@@ -32,7 +32,7 @@ from functools import lru_cache
 from schemas import Alert
 from schemas._base import stable_id
 
-from .addresses import header_address
+from .addresses import HEADER_CHARSET, header_address
 from .rendering import (
     ONE_CLICK,
     PLACEHOLDER_MARK,
@@ -246,7 +246,7 @@ def _header(name: str, value: str) -> str:
 def _encoded_header(name: str, flat: str) -> str:
     # Cached: encoding a non-ASCII value (RFC 2047) costs more than the rest of a message,
     # and such values (the subject of an update in French) repeat for everyone.
-    return f"{name}: " + Header(flat, "utf-8", header_name=name).encode(linesep="\n") + "\n"
+    return f"{name}: " + Header(flat, HEADER_CHARSET, header_name=name).encode(linesep="\n") + "\n"
 
 
 def _quoted_printable(text: str) -> str:

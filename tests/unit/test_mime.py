@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.charset
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -10,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.mime import alert_bytes, alert_message
+from connectors import mime
+from connectors.mime import alert_bytes, alert_message, message_template
 from connectors.rendering import render_alert
 
 from .test_rendering_and_outbox import IDENTITY, make_alert
@@ -44,6 +46,20 @@ def test_readers_get_back_the_rendered_text_html_and_headers() -> None:
     assert text.get_content() == email.text
     assert html.get_content() == email.html
     assert not message.defects and not text.defects and not html.defects
+
+
+def test_the_bytes_do_not_depend_on_what_another_library_set_for_utf_8(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # apprise (the chat connector's library) makes UTF-8 headers quoted-printable for the
+    # whole process when it is imported; encoded words of the name and subject must not follow.
+    alert = make_alert("fr").model_copy(update={"name": "Adèle Müller-Ñúñez"})
+    before = alert_bytes(alert, IDENTITY)
+    monkeypatch.setitem(email.charset.CHARSETS, "utf-8", (email.charset.QP, email.charset.QP, "utf-8"))
+    for cached in (message_template, mime._encoded_header):
+        cached.cache_clear()
+    assert email.charset.Charset("utf-8").header_encoding == email.charset.QP  # as apprise leaves it
+    assert alert_bytes(alert, IDENTITY) == before
 
 
 def test_the_same_alert_gives_the_same_bytes() -> None:
