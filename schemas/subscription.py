@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Literal
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, AwareDatetime, EmailStr, Field, model_validator
 
 from ._base import Event, stable_id
@@ -22,9 +24,21 @@ def subscriber_id_for(email: str) -> str:
     """The subscriber id an address gets when none is given: stable, and not the address.
 
     Subscribing the same address twice therefore updates one subscription instead of
-    creating a second one, and the id can travel in logs where the address may not.
+    creating a second one, and the id can travel in logs where the address may not. An
+    internationalised domain gives one id in either form: a subscription keeps the Unicode
+    one, while mail systems, and people typing it, may use the ASCII one (``xn--``).
     """
-    return "sub-" + stable_id(email.strip().casefold(), length=24)
+    return "sub-" + stable_id(_comparable(email), length=24)
+
+
+def _comparable(email: str) -> str:
+    address = email.strip()
+    if address.isascii() and "xn--" not in address.casefold():
+        return address.casefold()  # nothing of it has another form
+    # Not an address: an id all the same, which matches no subscription.
+    with contextlib.suppress(EmailNotValidError):
+        address = validate_email(address, check_deliverability=False).normalized
+    return address.casefold()
 
 
 class Subscription(Event):

@@ -100,6 +100,20 @@ def test_a_subscription_must_say_where_and_what() -> None:
 
 def test_ids_are_deterministic_and_do_not_reveal_the_address() -> None:
     assert subscriber_id_for("A@Example.org ") == subscriber_id_for("a@example.org")
+    # An internationalised domain in either form: what a subscription keeps, what mail
+    # systems report back (SendGrid's events), what someone types into `mobilise unsubscribe`.
+    kept = Subscription.model_validate_json(
+        '{"email": "Ana@xn--exmple-cua.org", "worldwide": true, "interests": ["wages"],'
+        ' "created_at": "2026-01-01T00:00:00Z"}'
+    )
+    assert kept.email == "Ana@exämple.org"
+    assert (
+        kept.subscriber_id
+        == subscriber_id_for("ana@exämple.org")
+        == subscriber_id_for("ana@XN--exmple-cua.org")
+    )
+    assert subscriber_id_for("josé@exämple.org") == subscriber_id_for("José@xn--exmple-cua.org")
+    assert subscriber_id_for("ana@exämple.org") != subscriber_id_for("ana@example.org")
     assert "example" not in subscriber_id_for("a@example.org")
     assert alert_id_for("e1", "s1") == alert_id_for("e1", "s1") != alert_id_for("e1", "s2")
 

@@ -8,7 +8,7 @@ import pytest
 
 from connectors.sendgrid_feedback import WebhookRejected, WebhookVerifier, parse_events, translate
 from mobilise.web.pages import negotiate_language
-from schemas import DeliveryOutcome, SuppressionReason, subscriber_id_for
+from schemas import DeliveryOutcome, Subscription, SuppressionReason, subscriber_id_for
 from tests.fakes.signed_webhook import SIGNATURE, TIMESTAMP, WebhookSigner, body, event
 
 NOW = 1_800_000_000
@@ -136,6 +136,16 @@ def test_an_event_without_our_custom_args_still_suppresses_by_address() -> None:
     feedback = translate(spam)
     assert [s.subscriber_id for s in feedback.suppressions] == [subscriber_id_for("b@example.org")]
     assert feedback.deliveries == []
+
+
+def test_an_event_for_an_internationalised_domain_suppresses_the_subscription_it_was_sent_to() -> None:
+    # The sinks send the domain in ASCII; the subscription keeps it in Unicode.
+    (spam,), _ = parse_events(body(event("spamreport", "ana@xn--exmple-cua.org")))
+    person = Subscription.model_validate_json(
+        '{"email": "ana@exämple.org", "worldwide": true, "interests": ["wages"],'
+        ' "created_at": "2026-01-01T00:00:00Z"}'
+    )
+    assert [s.subscriber_id for s in translate(spam).suppressions] == [person.subscriber_id]
 
 
 @pytest.mark.parametrize(
