@@ -226,7 +226,6 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
     async def _send(self, client: aiosmtplib.SMTP, alert: Alert, message: bytes) -> SinkOutcome:
         recipient = transport_address(str(alert.email))
         options: list[str] = []
-        self._sent_on_connection += 1
         try:
             if needs_smtputf8(recipient) or needs_smtputf8(self._sender):
                 if client.is_ehlo_or_helo_needed:
@@ -239,6 +238,7 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
                         "its @ (it does not offer SMTPUTF8): send through a server that does",
                     )
                 options.append("SMTPUTF8")
+            self._sent_on_connection += 1
             # (The client turns the message's line ends into CRLF and escapes leading dots.)
             await client.sendmail(self._sender, [recipient], message, mail_options=options)
         except asyncio.CancelledError:

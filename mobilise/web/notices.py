@@ -326,6 +326,7 @@ class _SendGridSender:
     async def send(self, notice: Notice) -> None:
         config = self._config
         sender_name, sender_email = parseaddr(config.from_email)
+        sender_email = transport_address(sender_email)
         to: dict[str, str] = {"email": transport_address(notice.to_email)}
         if notice.to_name:
             to["name"] = notice.to_name
