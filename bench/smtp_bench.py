@@ -4,11 +4,12 @@ What is measured, and how:
 
 1. An aiosmtpd server starts in a process of its own on 127.0.0.1 (plain SMTP, no login:
    a local relay, as ``MOBILISE_SMTP_SECURITY=none`` on port 25). It takes every message
-   and counts them and their bytes.
+   and counts them and their bytes; ``--latency`` makes it wait that long before it answers
+   each RCPT and DATA, as a server farther away (or a slower one) would.
 2. ``--alerts`` alerts of one case update (English, an action call, each person with their
    own name, id and address) are built in memory, then handed to :class:`SmtpSink` in
-   batches of ``--batch-size``, one ``deliver`` after another, with the next batch
-   prepared meanwhile as the delivery stage does.
+   batches of ``--batch-size``, one ``deliver`` after another, with the next batch prepared
+   meanwhile as the delivery stage does; ``--connections`` is ``MOBILISE_SMTP_CONNECTIONS``.
 3. Reported: messages per second from the first ``deliver`` to the last answer, and the CPU
    time of the benchmark's process (the sink: rendering, the SMTP client) per message. The
    server's CPU is its own process's and reported apart. Checked: every outcome accepted,
@@ -43,21 +44,28 @@ class BenchError(RuntimeError):
 
 
 class _Counter:
-    def __init__(self) -> None:
+    def __init__(self, latency: float) -> None:
         self.messages = 0
         self.bytes = 0
+        self.latency = latency
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        await asyncio.sleep(self.latency)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd's name
+        await asyncio.sleep(self.latency)
         self.messages += 1
         self.bytes += len(envelope.original_content or b"")
         return "250 2.0.0 Ok: queued"
 
 
-def _serve(port: int, conn: Connection) -> None:
+def _serve(port: int, latency: float, conn: Connection) -> None:
     """The server's process: serve until told to stop, then report what it took."""
     from aiosmtpd.controller import Controller
 
-    counter = _Counter()
+    counter = _Counter(latency)
     controller = Controller(counter, hostname="127.0.0.1", port=port, server_hostname="mail.bench")
     controller.start()
     conn.send("ready")
@@ -122,11 +130,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--alerts", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=1, help="MOBILISE_SMTP_CONNECTIONS")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds the server waits before answering RCPT and DATA"
+    )
     args = parser.parse_args()
 
     port = free_port()
     ours, theirs = multiprocessing.Pipe()
-    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, theirs), daemon=True)
+    server = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(port, args.latency, theirs), daemon=True
+    )
     server.start()
     try:
         if not ours.poll(60) or ours.recv() != "ready":
@@ -137,7 +151,8 @@ def main() -> None:
             smtp_host="127.0.0.1",
             smtp_port=port,
             smtp_security="none",
-            smtp_max_messages_per_connection=100_000,  # one connection: the cost of a message, not of TLS
+            smtp_max_messages_per_connection=100_000,  # kept open: the cost of a message, not of TLS
+            smtp_connections=args.connections,
             from_email="Network alerts <alerts@example.net>",
             unsubscribe_email="stop@example.net",
         )
@@ -164,6 +179,7 @@ def main() -> None:
     if accepted != args.alerts or messages != args.alerts:
         raise BenchError(f"{accepted:,} accepted and {messages:,} received, expected {args.alerts:,}")
     print(f"| alerts (batches of {args.batch_size:,}) | {args.alerts:,} |")
+    print(f"| server latency (RCPT and DATA), connections | {args.latency * 1000:g} ms, {args.connections} |")
     print(f"| **messages/s** (first deliver → last answer) | **{args.alerts / wall:,.0f}** |")
     print(f"| sink CPU per message (rendering, SMTP client) | {1e6 * cpu / args.alerts:,.0f} µs |")
     print(f"| server CPU per message (aiosmtpd, own process) | {1e6 * server_cpu / args.alerts:,.0f} µs |")

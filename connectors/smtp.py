@@ -1,8 +1,9 @@
 """SmtpSink: alerts through the network's own mail server, one message per person.
 
 For organisations that run their own mail server (or a relay such as Postfix on the same
-host). One authenticated connection is kept open across batches and replaced when the
-server closed it or after ``MOBILISE_SMTP_MAX_MESSAGES_PER_CONNECTION`` messages.
+host). One authenticated connection (``MOBILISE_SMTP_CONNECTIONS``: several, sharing each
+batch) is kept open across batches and replaced when the server closed it or after
+``MOBILISE_SMTP_MAX_MESSAGES_PER_CONNECTION`` messages.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -70,6 +73,10 @@ class SmtpConfig(EmailSinkConfig):
     """A PEM bundle of CA certificates to trust instead of the system's (e.g. a private CA)."""
     smtp_max_messages_per_connection: int = Field(default=100, ge=1, le=100_000)
     """Messages sent over one connection before it is closed and a new one opened."""
+    smtp_connections: int = Field(default=1, ge=1, le=20)
+    """Connections a batch's messages go out over at once. Each message waits for three of the
+    server's answers (MAIL, RCPT, DATA), so one connection to a server far away sends a few dozen
+    a second; servers limit connections per client, so raise it only as far as yours allows."""
 
     settings_name: ClassVar[str] = "SMTP"
     secret_fields: ClassVar[frozenset[str]] = _SECRET_FIELDS
@@ -95,6 +102,16 @@ class _Unavailable(Exception):
 
 class _AuthFailed(Exception):
     """The server refused our credentials, or wants some we do not have."""
+
+
+@dataclass
+class _Line:
+    """One connection to the server, as the sink keeps it across batches."""
+
+    number: int
+    client: aiosmtplib.SMTP | None = None
+    sent: int = 0
+    """Messages sent over this connection."""
 
 
 class SmtpSink(Sink[SmtpConfig, Alert]):
@@ -124,10 +141,9 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
         self._identity = config.identity()
         self._sender = transport_address(parseaddr(config.from_email)[1])
         self._tls_context: ssl.SSLContext | None = None
-        self._client: aiosmtplib.SMTP | None = None
-        self._sent_on_connection = 0
+        self._lines = [_Line(number) for number in range(config.smtp_connections)]
         self._ready = False
-        # One connection carries one transaction at a time.
+        # One batch at a time; each connection carries one transaction at a time.
         self._lock = asyncio.Lock()
         self._ahead: Lookahead[list[tuple[Alert, bytes | SinkOutcome]]] = Lookahead()
 
@@ -156,10 +172,11 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
             )
 
     async def close(self) -> None:
-        """Say QUIT and close the connection, if one is open."""
+        """Say QUIT and close the connections that are open."""
         self._ahead.discard()
         async with self._lock:
-            await self._disconnect(reason="closing")
+            for line in self._lines:
+                await self._disconnect(line, reason="closing")
 
     async def prepare(self, alerts: Sequence[Alert]) -> None:
         """Render the next batch's messages in a thread while the current one is being sent."""
@@ -203,27 +220,51 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
     # -- sending ---------------------------------------------------------------------------
 
     async def _send_all(self, rendered: list[tuple[Alert, bytes | SinkOutcome]]) -> list[SinkOutcome]:
-        outcomes: list[SinkOutcome] = []
-        checked = False
-        for index, (alert, message) in enumerate(rendered):
-            if isinstance(message, SinkOutcome):
-                outcomes.append(message)
-                continue
-            try:
-                client = await self._connection(check=not checked)
-                checked = True
-                outcome = await self._send(client, alert, message)
-            except _Unavailable as exc:
-                return outcomes + _all_retryable(rendered[index:], str(exc))
-            except _AuthFailed as exc:
-                if not any(o.accepted for o in outcomes):
-                    raise RetryableError(str(exc), retry_after=_AUTH_RETRY_AFTER) from exc
-                # Some were sent on an earlier connection: report them, or they would be sent twice.
-                return outcomes + _all_retryable(rendered[index:], str(exc), _AUTH_RETRY_AFTER)
-            outcomes.append(outcome)
-        return outcomes
+        """Send the messages in order over the connections, each taking the next one not sent.
 
-    async def _send(self, client: aiosmtplib.SMTP, alert: Alert, message: bytes) -> SinkOutcome:
+        When one connection finds the server unusable (or our credentials refused), no
+        connection starts another message; those in flight keep their own answers, and the
+        rest of the batch is retryable.
+        """
+        waiting = deque(rendered)
+        outcomes: list[SinkOutcome] = []
+        stopped: list[_Unavailable | _AuthFailed] = []
+
+        async def send_over(line: _Line) -> None:
+            checked = False
+            while waiting and not stopped:
+                alert, message = waiting.popleft()
+                if isinstance(message, SinkOutcome):
+                    outcomes.append(message)
+                    continue
+                try:
+                    client = await self._connection(line, check=not checked)
+                    checked = True
+                    outcome = await self._send(line, client, alert, message)
+                except (_Unavailable, _AuthFailed) as exc:
+                    waiting.appendleft((alert, message))
+                    stopped.append(exc)
+                    return
+                outcomes.append(outcome)
+
+        to_send = sum(not isinstance(message, SinkOutcome) for _, message in rendered)
+        lines = self._lines[: max(1, min(len(self._lines), to_send))]
+        # Every connection finishes its message before an unexpected error is raised, so none
+        # is still being sent when the batch is handed back for a retry.
+        for result in await asyncio.gather(*(send_over(line) for line in lines), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+        if not stopped:
+            return outcomes
+        first = stopped[0]
+        if isinstance(first, _AuthFailed):
+            if not any(o.accepted for o in outcomes):
+                raise RetryableError(str(first), retry_after=_AUTH_RETRY_AFTER) from first
+            # Some were sent on an earlier connection: report them, or they would be sent twice.
+            return outcomes + _all_retryable(list(waiting), str(first), _AUTH_RETRY_AFTER)
+        return outcomes + _all_retryable(list(waiting), str(first))
+
+    async def _send(self, line: _Line, client: aiosmtplib.SMTP, alert: Alert, message: bytes) -> SinkOutcome:
         recipient = transport_address(str(alert.email))
         options: list[str] = []
         try:
@@ -238,23 +279,23 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
                         "its @ (it does not offer SMTPUTF8): send through a server that does",
                     )
                 options.append("SMTPUTF8")
-            self._sent_on_connection += 1
+            line.sent += 1
             # (The client turns the message's line ends into CRLF and escapes leading dots.)
             await client.sendmail(self._sender, [recipient], message, mail_options=options)
         except asyncio.CancelledError:
-            self._drop(reason="cancelled")  # mid-transaction: the connection cannot be reused
+            self._drop(line, reason="cancelled")  # mid-transaction: the connection cannot be reused
             raise
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0]
             return self._refused(alert, refusal.code, refusal.message, "refused the recipient")
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421:  # "closing the transmission channel" (RFC 5321 §3.8)
-                self._drop()
+                self._drop(line)
                 raise _Unavailable(
                     _report_unavailable(self.config, "is closing the connection", exc)
                 ) from exc
             if exc.code in _AUTH_CODES:
-                self._drop()
+                self._drop(line)
                 raise _AuthFailed(_report_auth_failure(self.config, exc)) from exc
             if isinstance(exc, aiosmtplib.SMTPSenderRefused) and exc.code >= 500:
                 log.error(
@@ -274,7 +315,7 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
         except (aiosmtplib.SMTPException, OSError) as exc:
             # Disconnected or timed out, maybe after the server took the message: the state of
             # the connection is unknown, so it goes.
-            self._drop()
+            self._drop(line)
             raise _Unavailable(
                 _report_unavailable(self.config, "connection failed while sending", exc)
             ) from exc
@@ -296,28 +337,28 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
 
     # -- the connection --------------------------------------------------------------------
 
-    async def _connection(self, *, check: bool) -> aiosmtplib.SMTP:
-        """An open, authenticated connection: the current one if it still works, else a new one.
+    async def _connection(self, line: _Line, *, check: bool) -> aiosmtplib.SMTP:
+        """An open, authenticated connection: ``line``'s if it still works, else a new one.
 
         ``check`` asks the server (NOOP) whether a connection that sat idle since the last
         batch is still alive; servers close idle clients, sometimes without us noticing.
         """
-        client = self._client
+        client = line.client
         if client is not None and not client.is_connected:
-            self._drop(reason="closed_by_server")
-        elif client is not None and self._sent_on_connection >= self.config.smtp_max_messages_per_connection:
-            await self._disconnect(reason="max_messages")
+            self._drop(line, reason="closed_by_server")
+        elif client is not None and line.sent >= self.config.smtp_max_messages_per_connection:
+            await self._disconnect(line, reason="max_messages")
         elif client is not None and check:
             try:
                 await client.noop()
             except (aiosmtplib.SMTPException, OSError):
-                self._drop(reason="closed_by_server")
-        if self._client is None:
-            self._client = await self._connect()
-            self._sent_on_connection = 0
-        return self._client
+                self._drop(line, reason="closed_by_server")
+        if line.client is None:
+            line.client = await self._connect(line)
+            line.sent = 0
+        return line.client
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self, line: _Line) -> aiosmtplib.SMTP:
         config = self.config
         client = aiosmtplib.SMTP(
             hostname=config.smtp_host,
@@ -361,14 +402,15 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
         log.info(
             "smtp.connected",
             host=config.smtp_host,
+            connection=line.number,
             port=config.smtp_port,
             security=config.smtp_security,
             authenticated=config.smtp_username is not None,
         )
         return client
 
-    async def _disconnect(self, *, reason: str) -> None:
-        client, self._client = self._client, None
+    async def _disconnect(self, line: _Line, *, reason: str) -> None:
+        client, line.client = line.client, None
         if client is None:
             return
         if client.is_connected:
@@ -378,18 +420,23 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
                 pass  # leaving anyway
             finally:
                 client.close()
-        log.info(
-            "smtp.disconnected", host=self.config.smtp_host, reason=reason, sent=self._sent_on_connection
-        )
+        self._disconnected(line, reason)
 
-    def _drop(self, reason: str = "failed") -> None:
-        """Forget the connection without a QUIT (it is closed, broken or in an unknown state)."""
-        client, self._client = self._client, None
+    def _drop(self, line: _Line, reason: str = "failed") -> None:
+        """Forget ``line``'s connection without a QUIT (it is closed, broken or in an unknown state)."""
+        client, line.client = line.client, None
         if client is not None:
             client.close()
-            log.info(
-                "smtp.disconnected", host=self.config.smtp_host, reason=reason, sent=self._sent_on_connection
-            )
+            self._disconnected(line, reason)
+
+    def _disconnected(self, line: _Line, reason: str) -> None:
+        log.info(
+            "smtp.disconnected",
+            host=self.config.smtp_host,
+            connection=line.number,
+            reason=reason,
+            sent=line.sent,
+        )
 
 
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext:

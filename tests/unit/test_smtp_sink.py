@@ -156,6 +156,13 @@ class Mailbox:
     """The AUTH mechanism of each successful login."""
     logins_left: int | None = None
     """How many more logins succeed (None: all with the right password)."""
+    data_delay: float = 0.0
+    """Seconds the server waits before answering each DATA (a slower or farther server)."""
+    data_refusals: dict[str, str] = field(default_factory=dict)
+    """Recipient address → the reply to the DATA of its message, at once, e.g. ``421 4.3.2 Shutting down``."""
+    in_flight: int = 0
+    most_in_flight: int = 0
+    """The most messages whose DATA the server was answering at once."""
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -178,6 +185,15 @@ class Mailbox:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert server.transport is not None
+        refusal = self.data_refusals.get(str(envelope.rcpt_tos[0]))
+        if refusal is not None:
+            return refusal  # at once
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.data_delay)
+        finally:
+            self.in_flight -= 1
         content = envelope.original_content or b""
         self.messages.append(
             Received(
@@ -365,6 +381,20 @@ def by_id(outcomes: Any) -> dict[str, SinkOutcome]:
     return {o.record_id: o for o in outcomes}
 
 
+def deliver_once(config: SmtpConfig, alerts: list[Alert]) -> dict[str, SinkOutcome]:
+    """The outcomes of one batch through a sink made, set up and closed for it."""
+
+    async def scenario() -> list[SinkOutcome]:
+        sink = SmtpSink(config)
+        await sink.setup()
+        try:
+            return list(await sink.deliver(alerts))
+        finally:
+            await sink.close()
+
+    return by_id(asyncio.run(scenario()))
+
+
 # -- settings ------------------------------------------------------------------------------
 
 
@@ -470,6 +500,7 @@ def test_starttls_with_login_delivers_the_rendered_email(certificates: Certifica
             "event": "smtp.connected",
             "log_level": "info",
             "host": "127.0.0.1",
+            "connection": 0,
             "port": server.port,
             "security": "starttls",
             "authenticated": True,
@@ -641,16 +672,7 @@ def test_internationalised_addresses_go_in_the_form_each_server_takes(smtputf8: 
     domain = domain.model_copy(update={"email": "ana@exämple.org"})
     local = local.model_copy(update={"email": "josé@exämple.org", "name": "José"})
     with SmtpServer("none", login=False, smtputf8=smtputf8) as server:
-
-        async def scenario() -> list[SinkOutcome]:
-            sink = SmtpSink(server.config(None, login=False))
-            await sink.setup()
-            try:
-                return list(await sink.deliver([plain, domain, local]))
-            finally:
-                await sink.close()
-
-        outcomes = by_id(asyncio.run(scenario()))
+        outcomes = deliver_once(server.config(None, login=False), [plain, domain, local])
 
     # Any server takes a domain in its ASCII form, in the envelope and in the To header.
     assert outcomes[plain.alert_id].accepted and outcomes[domain.alert_id].accepted
@@ -675,6 +697,44 @@ def test_internationalised_addresses_go_in_the_form_each_server_takes(smtputf8: 
         assert sent_local.error is not None and "SMTPUTF8" in sent_local.error and "@" in sent_local.error
         assert "josé" not in sent_local.error
         assert sorted(received) == ["ana@xn--exmple-cua.org", "person0@example.org"]
+
+
+def test_several_connections_share_a_batch_and_send_each_message_once() -> None:
+    alerts = make_alerts(9)
+    with SmtpServer("none", login=False) as server:
+        server.mailbox.data_delay = 0.2  # long enough for every connection to be mid-message at once
+        outcomes = deliver_once(server.config(None, login=False, smtp_connections=3), alerts)
+
+    assert sorted(outcomes) == sorted(a.alert_id for a in alerts) and all(
+        o.accepted for o in outcomes.values()
+    )
+    assert sorted(r.message()["X-Mobilise-Alert-Id"] for r in server.mailbox.messages) == sorted(outcomes)
+    assert server.mailbox.connections == 3 and server.mailbox.most_in_flight == 3
+
+
+def test_a_server_closing_mid_batch_stops_every_connection_and_loses_nothing() -> None:
+    alerts = make_alerts(12)
+    with SmtpServer("none", login=False) as server:
+        # Each message takes half a second but the fourth, which the server refuses at once:
+        # the three connections send 0, 1, 2, then one gets 3 while the others have 4 and 5.
+        server.mailbox.data_delay = 0.5
+        server.mailbox.data_refusals[alerts[3].email] = "421 4.3.2 Service shutting down"
+        outcomes = deliver_once(server.config(None, login=False, smtp_connections=3), alerts)
+
+    assert sorted(outcomes) == sorted(a.alert_id for a in alerts)  # one outcome each
+    received = {r.message()["X-Mobilise-Alert-Id"] for r in server.mailbox.messages}
+    accepted = {alert_id for alert_id, o in outcomes.items() if o.accepted}
+    assert accepted == received  # accepted exactly when the server took it
+    not_sent = {alert_id for alert_id, o in outcomes.items() if not o.accepted}
+    assert all(outcomes[a].retryable and "421" in (outcomes[a].error or "") for a in not_sent)
+    # The messages in flight when one connection found the server closing kept their answers;
+    # no connection started another one.
+    assert (
+        {a.alert_id for a in alerts[:3]}
+        <= received
+        <= {a.alert_id for i, a in enumerate(alerts) if i in (0, 1, 2, 4, 5)}
+    )
+    assert {a.alert_id for a in alerts[3:4] + alerts[6:]} <= not_sent
 
 
 # -- refusals and failures -----------------------------------------------------------------
