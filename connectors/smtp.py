@@ -228,7 +228,7 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
         """
         waiting = deque(rendered)
         outcomes: list[SinkOutcome] = []
-        stopped: list[_Unavailable | _AuthFailed] = []
+        stopped: list[BaseException] = []
 
         async def send_over(line: _Line) -> None:
             checked = False
@@ -245,6 +245,9 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
                     waiting.appendleft((alert, message))
                     stopped.append(exc)
                     return
+                except BaseException as exc:  # raised below, once the other connections stopped too
+                    stopped.append(exc)
+                    raise
                 outcomes.append(outcome)
 
         to_send = sum(not isinstance(message, SinkOutcome) for _, message in rendered)
