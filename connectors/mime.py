@@ -32,7 +32,7 @@ from functools import lru_cache
 from schemas import Alert
 from schemas._base import stable_id
 
-from .addresses import HEADER_CHARSET, header_address
+from .addresses import HEADER_CHARSET, header_address, transport_address
 from .rendering import (
     ONE_CLICK,
     PLACEHOLDER_MARK,
@@ -220,7 +220,8 @@ def alert_message(alert: Alert, identity: EmailIdentity) -> EmailMessage:
 def _sender(from_email: str) -> tuple[str, str]:
     # The same configured sender for every alert: parse and format it once.
     sender = parseaddr(from_email)
-    return f"From: {header_address(*sender)}\n", sender[1].partition("@")[2] or "mobilise.local"
+    domain = transport_address(sender[1]).partition("@")[2]  # for the Message-ID: in ASCII
+    return f"From: {header_address(*sender)}\n", domain or "mobilise.local"
 
 
 def _header(name: str, value: str) -> str:

@@ -44,6 +44,8 @@ from schemas import (
     region_of,
 )
 
+from .addresses import transport_address
+
 __all__ = [
     "ONE_CLICK",
     "PLACEHOLDER_MARK",
@@ -222,8 +224,13 @@ def template_language(language: str) -> str:
 
 @lru_cache(maxsize=64)
 def _mailbox(address: str) -> str:
-    # Called per person with the same few configured addresses; parsing is not cheap.
-    return parseaddr(address)[1]
+    # Called per person with the same few configured addresses; parsing is not cheap. In its
+    # transport form: a mailto: URI in a header wants an internationalised domain in ASCII.
+    mailbox = parseaddr(address)[1]
+    try:
+        return transport_address(mailbox)
+    except ValueError:
+        return mailbox  # what the settings let through, as it was written
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]+")

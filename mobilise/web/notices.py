@@ -222,7 +222,7 @@ def notice_message(notice: Notice, from_email: str, *, now: float) -> EmailMessa
     message["To"] = header_address(notice.to_name, notice.to_email)
     message["Subject"] = notice.subject
     message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
-    domain = sender[1].partition("@")[2] or "mobilise.local"
+    domain = transport_address(sender[1]).partition("@")[2] or "mobilise.local"
     message["Message-ID"] = f"<notice-{notice.notice_id}@{domain}>"
     # An automatic answer to a form (RFC 3834): no vacation replies to it, please.
     message["Auto-Submitted"] = "auto-generated"

@@ -62,6 +62,20 @@ def test_the_bytes_do_not_depend_on_what_another_library_set_for_utf_8(
     assert alert_bytes(alert, IDENTITY) == before
 
 
+def test_the_networks_own_internationalised_domain_goes_in_ascii() -> None:
+    identity = IDENTITY.model_copy(
+        update={"from_email": "Réseau <alertes@réseau.org>", "unsubscribe_email": "stop@réseau.org"}
+    )
+    alert = make_alert()
+    raw = alert_bytes(alert, identity)
+    message = _parse(raw)
+    assert raw.isascii()
+    assert message["From"].addresses[0].addr_spec == "alertes@xn--rseau-bsa.org"
+    assert message["From"].addresses[0].display_name == "Réseau"
+    assert message["Message-ID"] == f"<{alert.alert_id}@xn--rseau-bsa.org>"
+    assert message["List-Unsubscribe"] == "<mailto:stop@xn--rseau-bsa.org?subject=unsubscribe%20sub-1>"
+
+
 def test_the_same_alert_gives_the_same_bytes() -> None:
     alert = make_alert()
     assert alert_bytes(alert, IDENTITY) == alert_bytes(alert.model_copy(), IDENTITY)
