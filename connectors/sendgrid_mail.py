@@ -34,7 +34,7 @@ from python_http_client import exceptions as http_errors
 
 from schemas import Alert, PublicCase
 
-from .addresses import transport_address
+from .addresses import needs_smtputf8, transport_address
 from .base import Sink, SinkOutcome
 from .email_config import EmailSinkConfig
 from .lookahead import Lookahead, alert_ids
@@ -331,9 +331,12 @@ def plan_requests(
         for alert in group:
             try:
                 values = personal_substitutions(alert, identity)
-                transport_address(alert.email)  # an address no transport takes fails here, alone
+                address = transport_address(alert.email)  # an address no transport takes fails here, alone
             except (jinja2.TemplateError, ValueError) as exc:
                 failed.append(_cannot_render(alert, exc))
+                continue
+            if needs_smtputf8(address):
+                failed.append(_NO_SMTPUTF8.model_copy(update={"record_id": alert.alert_id}))
                 continue
             if _fits_substitutions(values):
                 people.append((alert, values))
@@ -344,6 +347,16 @@ def plan_requests(
                 requests.append(request(alone, [(alert, None)]))
         requests.extend(request(shared, chunk) for chunk in _chunks(people))
     return requests, failed
+
+
+_NO_SMTPUTF8 = SinkOutcome(
+    record_id="",
+    accepted=False,
+    error="SendGrid does not deliver to an address with letters beyond ASCII before its @: it accepts "
+    "the request and then drops the message as invalid. Reach this person through MOBILISE_SINK=smtp "
+    "with a server that offers SMTPUTF8",
+)
+"""A permanent failure, said before anything is sent rather than learnt from a dropped event."""
 
 
 def _cannot_render(alert: Alert, exc: Exception) -> SinkOutcome:

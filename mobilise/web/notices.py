@@ -328,6 +328,11 @@ class _SendGridSender:
         sender_name, sender_email = parseaddr(config.from_email)
         sender_email = transport_address(sender_email)
         to: dict[str, str] = {"email": transport_address(notice.to_email)}
+        if needs_smtputf8(to["email"]):
+            # SendGrid would take the request and drop the message as invalid.
+            raise NoticeNotSent(
+                "SendGrid does not deliver to an address with letters beyond ASCII before its @"
+            )
         if notice.to_name:
             to["name"] = notice.to_name
         body: dict[str, Any] = {

@@ -272,3 +272,19 @@ def test_a_notice_to_an_internationalised_address_goes_in_the_form_mail_systems_
         (received,) = server.mailbox.messages
         assert received.rcpt_tos == [sent_as]
         assert received.message()["To"].addresses[0].addr_spec == sent_as
+
+    async def through_sendgrid() -> list[dict[str, str]]:
+        async with FakeSendGrid() as fake:
+            monkeypatch.setenv("MOBILISE_SENDGRID_API_KEY", API_KEY)
+            monkeypatch.setenv("MOBILISE_SENDGRID_HOST", fake.url)
+            sendgrid = notice_sender("sendgrid", clock=clock)
+            assert sendgrid is not None
+            if sent_as.isascii():
+                await sendgrid.send(notice)
+            else:  # SendGrid would take it and drop the message as invalid
+                with pytest.raises(NoticeNotSent, match="SendGrid does not deliver"):
+                    await sendgrid.send(notice)
+            return [email.to for email in fake.emails()]
+
+    sent = asyncio.run(through_sendgrid())
+    assert sent == ([{"email": sent_as, "name": "Adèle"}] if sent_as.isascii() else [])

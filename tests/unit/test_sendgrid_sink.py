@@ -737,15 +737,23 @@ def test_the_sink_is_found_through_its_entry_point() -> None:
     assert load_sink("sendgrid") is SendGridSink
 
 
-def test_an_internationalised_domain_goes_to_sendgrid_in_ascii() -> None:
+def test_an_internationalised_domain_goes_to_sendgrid_in_ascii_and_a_local_part_beyond_it_not_at_all() -> (
+    None
+):
     # The schemas keep the Unicode form of a domain, even one given in ASCII (IDNA).
-    plain, international = make_alerts(2)
+    plain, international, local = make_alerts(3)
     international = international.model_copy(update={"email": "ana@exämple.org"})
+    local = local.model_copy(update={"email": "josé@example.org"})
 
     async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
-        outcomes = await sink.deliver([plain, international])
-        assert all(o.accepted for o in outcomes)
+        outcomes = {o.record_id: o for o in await sink.deliver([plain, international, local])}
+        assert outcomes[plain.alert_id].accepted and outcomes[international.alert_id].accepted
         sent = {email.custom_args["alert_id"]: email.to["email"] for email in fake.emails()}
         assert sent == {plain.alert_id: plain.email, international.alert_id: "ana@xn--exmple-cua.org"}
+        # SendGrid would take the request and drop this message as invalid: refused up front,
+        # permanently, with what to do instead.
+        refused = outcomes[local.alert_id]
+        assert not refused.accepted and not refused.retryable
+        assert refused.error is not None and "SMTPUTF8" in refused.error and "josé" not in refused.error
 
     with_sink(test)
