@@ -129,7 +129,9 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
     A lost connection, a timeout or an unreachable server makes the alert and the rest of
     the batch retryable, and the next attempt reconnects. Refused credentials (or a server
     that demands them) raise :class:`RetryableError` for the batch, naming the variables
-    to check. Addresses are replaced by ``[address]`` in errors and logs.
+    to check. Addresses are replaced by ``[address]`` in errors and logs. Over several
+    connections (``MOBILISE_SMTP_CONNECTIONS``) the same holds: once one of them finds the
+    server unusable, none starts another message.
     """
 
     name = "smtp"
