@@ -45,7 +45,14 @@ from .rendering import (
     unsubscribe_headers,
 )
 
-__all__ = ["MessageTemplate", "alert_bytes", "alert_message", "message_id", "message_template"]
+__all__ = [
+    "MessageTemplate",
+    "alert_bytes",
+    "alert_message",
+    "message_id",
+    "message_template",
+    "sender_domain",
+]
 
 _PARSER = Parser(policy=policy.default)
 
@@ -201,7 +208,12 @@ def alert_bytes(alert: Alert, identity: EmailIdentity) -> bytes:
 
 def message_id(alert: Alert, identity: EmailIdentity) -> str:
     """The Message-ID header of ``alert``'s message, angle brackets included."""
-    return _message_id(alert.alert_id, _sender(identity.from_email)[1])
+    return _message_id(alert.alert_id, sender_domain(identity.from_email))
+
+
+def sender_domain(from_email: str) -> str:
+    """The domain of the configured sender, in ASCII, for Message-IDs (``mobilise.local`` if none)."""
+    return _sender(from_email)[1]
 
 
 def _message_id(alert_id: str, domain: str) -> str:

@@ -336,7 +336,7 @@ def plan_requests(
                 failed.append(_cannot_render(alert, exc))
                 continue
             if needs_smtputf8(address):
-                failed.append(_NO_SMTPUTF8.model_copy(update={"record_id": alert.alert_id}))
+                failed.append(_cannot_reach(alert))
                 continue
             if _fits_substitutions(values):
                 people.append((alert, values))
@@ -349,19 +349,20 @@ def plan_requests(
     return requests, failed
 
 
-_NO_SMTPUTF8 = SinkOutcome(
-    record_id="",
-    accepted=False,
-    error="SendGrid does not deliver to an address with letters beyond ASCII before its @: it accepts "
-    "the request and then drops the message as invalid. Reach this person through MOBILISE_SINK=smtp "
-    "with a server that offers SMTPUTF8",
-)
-"""A permanent failure, said before anything is sent rather than learnt from a dropped event."""
-
-
 def _cannot_render(alert: Alert, exc: Exception) -> SinkOutcome:
     # The same alert fails the same way every time: a permanent failure.
     return SinkOutcome(record_id=alert.alert_id, accepted=False, error=f"cannot render: {exc!r}")
+
+
+def _cannot_reach(alert: Alert) -> SinkOutcome:
+    # Said before anything is sent, rather than learnt later from a "dropped" event.
+    return SinkOutcome(
+        record_id=alert.alert_id,
+        accepted=False,
+        error="SendGrid does not deliver to an address with letters beyond ASCII before its @: it accepts "
+        "the request and then drops the message as invalid. Reach this person through MOBILISE_SINK=smtp "
+        "with a server that offers SMTPUTF8",
+    )
 
 
 def _describe_errors(body: str) -> tuple[str, frozenset[int]]:

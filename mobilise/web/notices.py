@@ -39,6 +39,7 @@ import aiosmtplib
 import structlog
 
 from connectors.addresses import header_address, needs_smtputf8, transport_address
+from connectors.mime import sender_domain
 from connectors.outbox import OutboxConfig
 from connectors.sendgrid_mail import SendGridConfig
 from connectors.smtp import SmtpConfig
@@ -222,8 +223,7 @@ def notice_message(notice: Notice, from_email: str, *, now: float) -> EmailMessa
     message["To"] = header_address(notice.to_name, notice.to_email)
     message["Subject"] = notice.subject
     message["Date"] = format_datetime(datetime.fromtimestamp(now, UTC))
-    domain = transport_address(sender[1]).partition("@")[2] or "mobilise.local"
-    message["Message-ID"] = f"<notice-{notice.notice_id}@{domain}>"
+    message["Message-ID"] = f"<notice-{notice.notice_id}@{sender_domain(from_email)}>"
     # An automatic answer to a form (RFC 3834): no vacation replies to it, please.
     message["Auto-Submitted"] = "auto-generated"
     message["X-Mobilise-Notice"] = notice.kind
