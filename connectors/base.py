@@ -18,7 +18,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas._base import trusted
 
-__all__ = ["Connector", "ConnectorConfig", "Sink", "SinkConfig", "SinkOutcome", "describe_config"]
+__all__ = [
+    "INTERRUPTED",
+    "Connector",
+    "ConnectorConfig",
+    "Sink",
+    "SinkConfig",
+    "SinkOutcome",
+    "describe_config",
+]
 
 
 class ConnectorConfig(BaseModel):
@@ -80,6 +88,23 @@ class SinkOutcome(BaseModel):
             error=None,
         )
 
+    @classmethod
+    def interrupted(cls, record_id: str) -> SinkOutcome:
+        """The record was not sent because the worker is stopping (:meth:`Sink.interrupt`): retryable."""
+        return trusted(
+            cls,
+            record_id=record_id,
+            accepted=False,
+            provider_message_id=None,
+            duplicate=False,
+            retryable=True,
+            retry_after=None,
+            error=INTERRUPTED,
+        )
+
+
+INTERRUPTED = "not sent: the worker is stopping, and the next worker to read the batch sends it"
+"""The error of a record a sink left unsent after :meth:`Sink.interrupt`."""
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 RecordT = TypeVar("RecordT", bound=BaseModel)
@@ -120,6 +145,8 @@ class Sink(Connector[ConfigT], Generic[ConfigT, RecordT]):
 
     accepts: ClassVar[type[BaseModel]] = BaseModel
     """The model of the records this sink takes."""
+    interrupted: bool = False
+    """:meth:`interrupt` was called: the worker is stopping."""
 
     def record_id(self, record: RecordT) -> str:
         """The deterministic id of ``record``, the key of its :class:`SinkOutcome`."""
@@ -136,6 +163,19 @@ class Sink(Connector[ConfigT], Generic[ConfigT, RecordT]):
         once. Nothing may be sent, written or recorded here: the batch may never be
         delivered, or be delivered in part.
         """
+
+    async def interrupt(self) -> None:
+        """The worker is stopping: end the :meth:`deliver` under way soon, not once its batch is done.
+
+        A sink that sends record by record checks :attr:`interrupted` between records:
+        what is in flight finishes (a message half handed over cannot be taken back), the
+        rest of the batch comes back as :meth:`SinkOutcome.interrupted`, and so does every
+        later batch. The delivery stage records what was sent and leaves the rest to the
+        next worker. A sink that waited for its batch instead would keep a stopping worker
+        as long as the batch takes, and a process manager that kills the worker then leaves
+        the whole batch unrecorded, to be sent again to everyone it reached.
+        """
+        self.interrupted = True
 
     @abstractmethod
     async def deliver(self, records: Sequence[RecordT]) -> Sequence[SinkOutcome]:

@@ -464,8 +464,9 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
     connection errors retryable; 4xx permanent with SendGrid's errors (a 400 naming
     particular personalizations fails only those, and the rest are tried again). Other
     requests of the batch proceed. A batch's requests go out in order, up to
-    ``MOBILISE_SENDGRID_CONCURRENCY`` at once; after a 429 or a lost connection the ones not
-    yet started are not sent, and those already in flight keep their own answers. The
+    ``MOBILISE_SENDGRID_CONCURRENCY`` at once; after a 429, a lost connection or an interrupt
+    (the worker stops) the ones not yet started are not sent, and those already in flight keep
+    their own answers. The
     request rate of one worker is capped by ``MOBILISE_SENDGRID_MAX_REQUESTS_PER_SECOND``.
     """
 
@@ -544,6 +545,11 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
                 # Read once a slot is free: a request that halted the batch has its verdict by then.
                 if halted is not None:
                     return _not_sent(request, halted)
+                wait = self._bucket.reserve(self._clock())
+                if wait > 0:
+                    await self._sleep(wait)
+                if self.interrupted:  # the worker is stopping: this request waits for the next one
+                    return [SinkOutcome.interrupted(alert_id) for alert_id in request.alert_ids]
                 verdict = await self._send(request, encoded)
                 if verdict.halt and halted is None:
                     halted = verdict
@@ -571,9 +577,6 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
     async def _send(self, request: MailRequest, encoded: _Body) -> Verdict:
         if self._client is None or self._requests is None:
             raise RuntimeError("SendGridSink.deliver() was called before setup()")
-        wait = self._bucket.reserve(self._clock())
-        if wait > 0:
-            await self._sleep(wait)
         try:
             # The library is synchronous (urllib): the request runs in a thread so the
             # worker's event loop keeps serving Kafka meanwhile.

@@ -10,6 +10,8 @@ still hands over one batch at a time, so its never-twice guarantee is unchanged.
 
 If the child dies, the batch it had is reported as a retryable failure (its outcome is
 unknown: the same one-batch window as a worker dying), and the next batch starts a new one.
+An interrupt (the worker stops) goes to the child's sink at once, over the same pipe, while
+the batch is with it.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ _PREPARED_DEPTH = 2
 
 _Message = tuple[str, int | None, list[bytes] | None]
 """(``prepare``, number, batches), (``deliver``, number of a prepared batch or None, batches or
-None), or (``close``, None, None)."""
+None), (``interrupt``, None, None) or (``close``, None, None)."""
 
 
 class SinkProcessError(RuntimeError):
@@ -111,6 +113,9 @@ async def _serve(start: _Start, conn: Connection) -> None:
     try:
         while (message := await inbox.get()) is not None and message[0] != "close":
             kind, number, batches = message
+            if kind == "interrupt":
+                await sink.interrupt()  # the batch being delivered returns what it sent so far
+                continue
             if kind == "prepare":
                 prepared[number] = _alerts(batches)
                 while len(prepared) > _PREPARED_DEPTH:
@@ -248,10 +253,20 @@ class SinkProcess(Sink[SinkConfig, Alert]):
         while len(self._prepared) > _PREPARED_DEPTH:
             self._prepared.popitem(last=False)
 
+    async def interrupt(self) -> None:
+        """Interrupt the sink in the child too: the batch it is delivering comes back early."""
+        await super().interrupt()
+        if self._conn is None or self._process is None or not self._process.is_alive():
+            return
+        with contextlib.suppress(OSError):  # the child died: nothing of it to interrupt
+            await asyncio.to_thread(self._send, self._conn, ("interrupt", None, None))
+
     async def deliver(self, records: Sequence[Alert]) -> Sequence[SinkOutcome]:
         """Hand the batch to the child and return its outcomes."""
         if not records:
             return []
+        if self.interrupted:  # the worker is stopping: no child is started for it
+            return [SinkOutcome.interrupted(alert.alert_id) for alert in records]
         if self._conn is None or self._process is None or not self._process.is_alive():
             await self._stop(gracefully=False)
             await self.setup()

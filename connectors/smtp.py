@@ -226,7 +226,8 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
 
         When one connection finds the server unusable (or our credentials refused), no
         connection starts another message; those in flight keep their own answers, and the
-        rest of the batch is retryable.
+        rest of the batch is retryable. The same once the sink is interrupted (the worker
+        stops): the rest waits for the next worker.
         """
         waiting = deque(rendered)
         outcomes: list[SinkOutcome] = []
@@ -234,7 +235,7 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
 
         async def send_over(line: _Line) -> None:
             checked = False
-            while waiting and not stopped:
+            while waiting and not stopped and not self.interrupted:
                 alert, message = waiting.popleft()
                 if isinstance(message, SinkOutcome):
                     outcomes.append(message)
@@ -260,7 +261,11 @@ class SmtpSink(Sink[SmtpConfig, Alert]):
             if isinstance(result, BaseException):
                 raise result
         if not stopped:
-            return outcomes
+            # Only an interrupt leaves messages waiting without an error: the worker is stopping.
+            return outcomes + [
+                message if isinstance(message, SinkOutcome) else SinkOutcome.interrupted(alert.alert_id)
+                for alert, message in waiting
+            ]
         first = stopped[0]
         if isinstance(first, _AuthFailed):
             if not any(o.accepted for o in outcomes):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -183,9 +183,15 @@ class Delivery:
     async def close(self) -> None:
         """Close the sink if it was opened (its connections, its clients), once its batch is recorded.
 
-        A batch waiting to be tried again is left to the next worker (:class:`DeliveryInterrupted`).
+        The sink is interrupted first (:meth:`~connectors.base.Sink.interrupt`): what it has
+        sent of its batch is recorded, and the rest, like a batch waiting to be tried again,
+        is left to the next worker (:class:`DeliveryInterrupted`).
         """
         self._stopping.set()
+        if self._ready:
+            # The batch with the sink comes back once the message in flight is sent, not when
+            # all of it is: the rest is left to the next worker, like a batch waiting to retry.
+            await self._sink.interrupt()
         with contextlib.suppress(Exception):  # reported by _report_failure; the sink closes anyway
             await self.drain()
         if self._ready:
@@ -414,6 +420,11 @@ class Delivery:
         await self._record_sent(part)
         if len(settled) < len(part.alerts):
             # Those the sink took are recorded, so the next worker skips them; the rest it sends.
+            # Their delivery records go now: the next worker sees them only as duplicates. (Any
+            # that failed for good it tries again: they are not in sent.)
+            accepted = [o for o in part.outcomes if o[1] is DeliveryOutcome.ACCEPTED]
+            if accepted:
+                await self._publish(replace(part, outcomes=accepted))
             raise DeliveryInterrupted(
                 f"the worker stopped with {len(part.alerts) - len(settled)} of batch "
                 f"{part.batch.batch_id} still to try"

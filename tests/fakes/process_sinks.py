@@ -2,11 +2,13 @@
 
 What it does with an alert depends on the local part of the address: ``exit`` ends the
 process at once (as a crash would), ``busy`` is a temporary failure of the whole batch,
-``bug`` an unexpected error; anyone else is accepted.
+``bug`` an unexpected error, ``slow…`` makes the batch take 0.2 s a person (and stop early
+when interrupted); anyone else is accepted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,9 +42,15 @@ class JournalSink(Sink[JournalConfig, Alert]):
     async def prepare(self, records: Sequence[Alert]) -> None:
         self._write("prepare", records)
 
+    async def interrupt(self) -> None:
+        await super().interrupt()
+        self._write("interrupt", [])
+
     async def deliver(self, records: Sequence[Alert]) -> Sequence[SinkOutcome]:
         self._write("deliver", records)
         kinds = {r.email.partition("@")[0] for r in records}
+        if any(kind.startswith("slow") for kind in kinds):
+            return [await self._slowly(r) for r in records]
         if "exit" in kinds:
             os._exit(3)
         if "busy" in kinds:
@@ -50,6 +58,12 @@ class JournalSink(Sink[JournalConfig, Alert]):
         if "bug" in kinds:
             raise ValueError("a bug in the sink")
         return [SinkOutcome.accept(r.alert_id, provider_message_id=f"pid-{os.getpid()}") for r in records]
+
+    async def _slowly(self, record: Alert) -> SinkOutcome:
+        if self.interrupted:
+            return SinkOutcome.interrupted(record.alert_id)
+        await asyncio.sleep(0.2)
+        return SinkOutcome.accept(record.alert_id)
 
     def _write(self, call: str, records: Sequence[Alert]) -> None:
         with self.config.journal.open("a", encoding="utf-8") as journal:

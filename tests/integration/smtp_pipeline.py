@@ -18,8 +18,10 @@ from .harness import PipelineHarness, Worker
 class SmtpPipeline(PipelineHarness):
     """Workers deliver through the SMTP sink to ``server`` (plain SMTP on loopback, no login)."""
 
-    def __init__(self, broker: EmbeddedBroker, tmp_path: Path, server: SmtpServer, **env: str) -> None:
-        super().__init__(broker, tmp_path)
+    def __init__(
+        self, broker: EmbeddedBroker, tmp_path: Path, server: SmtpServer, *, partitions: int = 4, **env: str
+    ) -> None:
+        super().__init__(broker, tmp_path, partitions)
         self.server = server
         self.extra_env = env
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from mobilise.broker import EmbeddedBroker, free_port
+from schemas import DeliveryEvent
+from tests.unit.test_smtp_sink import SmtpServer
 
 from .harness import PipelineHarness, case_update, subscription
 from .severable_link import SeverableLink
+from .smtp_pipeline import SmtpPipeline
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +114,58 @@ def test_a_worker_whose_sink_keeps_failing_stops_at_once_and_leaves_the_batch_to
             [d.outcome.value for d in pipeline.deliveries() if d.event_id == update.event_id] == ["accepted"]
         ),
     )
+
+
+@pytest.mark.parametrize("own_process", ["false", "true"], ids=["sink-in-worker", "sink-in-own-process"])
+def test_a_worker_stopped_mid_batch_finishes_the_message_it_is_sending_not_the_batch(
+    broker: EmbeddedBroker, tmp_path: Path, own_process: str
+) -> None:
+    # A relay that takes 0.5 s a message: one batch of 40 would take 20 s, longer than the
+    # grace below, so a worker that waited for its batch would be killed with the batch
+    # unrecorded, and the next worker would mail everyone it had reached a second time.
+    grace = 12.0
+    people = [
+        subscription(f"p{n}@example.org", countries=["BD"], interests=["union_busting"]) for n in range(40)
+    ]
+    with SmtpServer("none", login=False) as server:
+        server.mailbox.data_delay = 0.5
+        # One partition: everyone in one batch.
+        pipeline = SmtpPipeline(broker, tmp_path, server, partitions=1, MOBILISE_SINK_PROCESS=own_process)
+        try:
+            pipeline.subscribe(*people)
+            first = pipeline.start_worker()
+            pipeline.wait_ready()
+            pipeline.wait_indexed(*(p.subscriber_id for p in people))
+            update = case_update()
+            pipeline.publish(update)
+            pipeline.wait_until("the first messages", lambda: len(server.mailbox.messages) >= 2)
+
+            code = first.stop(grace=grace)
+            pipeline.workers.remove(first)
+            assert code == 0, f"the worker did not exit within {grace} s of SIGTERM (code {code}; -9: killed)"
+            assert [e for e in first.events() if e.get("event") == "delivery.interrupted"]
+            reached = {str(m.message()["X-Mobilise-Alert-Id"]) for m in server.mailbox.messages}
+            assert 2 <= len(reached) < len(people), len(reached)
+            # What it sent, it recorded as delivered before it went.
+            assert {d.alert_id for d in delivered(pipeline, update.event_id, "accepted")} == reached
+
+            # The next worker mails only those the first did not reach.
+            server.mailbox.data_delay = 0.0
+            pipeline.start_worker()
+            pipeline.wait_ready()
+            pipeline.wait_until(
+                "everyone's delivery record",
+                lambda: len(delivered(pipeline, update.event_id, "accepted")) >= len(people),
+            )
+            received = Counter(str(m.message()["X-Mobilise-Alert-Id"]) for m in server.mailbox.messages)
+            assert len(received) == len(people) and set(received.values()) == {1}, received.most_common(3)
+            accepted = Counter(d.alert_id for d in delivered(pipeline, update.event_id, "accepted"))
+            assert len(accepted) == len(people) and set(accepted.values()) == {1}
+            # Those the first had reached, the second saw as sent already.
+            assert {d.alert_id for d in delivered(pipeline, update.event_id, "duplicate")} == reached
+        finally:
+            pipeline.stop()
+
+
+def delivered(pipeline: PipelineHarness, event_id: str, outcome: str) -> list[DeliveryEvent]:
+    return [d for d in pipeline.deliveries() if d.event_id == event_id and d.outcome.value == outcome]

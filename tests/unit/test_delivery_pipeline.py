@@ -306,13 +306,54 @@ def test_a_stop_while_part_of_a_batch_waits_for_a_retry_records_what_was_sent_an
 
     asyncio.run(stop_during_the_backoff())
     assert half.delivered == [ids["a@example.org"]]  # one attempt, no second
-    assert acked == [] and world.bulk.events == []  # read again by the next worker, which records it
+    assert acked == []  # read again by the next worker
     assert ids["a@example.org"] in world.sent and ids["b@example.org"] not in world.sent
+    # What the sink took is on the deliveries topic; b@'s fate is the next worker's to record.
+    a, b = (r.subscriber_id for r in batch.recipients)
+    assert [(e.subscriber_id, e.outcome.value) for e in world.bulk.events] == [(a, "accepted")]
 
     # The next worker: from the tables, with a sink that takes everything.
     world.restart()
     asyncio.run(world.delivery.process(_Event(batch, 0, acked)))  # type: ignore[arg-type]
     assert world.sink.delivered == [ids["b@example.org"]]  # a@ got one email, not two
     assert sorted((e.subscriber_id, e.outcome.value) for e in world.bulk.events) == sorted(
-        [(batch.recipients[0].subscriber_id, "duplicate"), (batch.recipients[1].subscriber_id, "accepted")]
+        [(a, "accepted"), (a, "duplicate"), (b, "accepted")]
     )
+
+
+class _OneByOneSink(MemorySink):
+    """Sends its batch one alert at a time, 50 ms each, and stops starting new ones once interrupted."""
+
+    async def deliver(self, records: Sequence[Alert]) -> Sequence[SinkOutcome]:
+        outcomes = []
+        for record in records:
+            if self.interrupted:
+                outcomes.append(SinkOutcome.interrupted(record.alert_id))
+                continue
+            await asyncio.sleep(0.05)
+            outcomes.extend(await super().deliver([record]))
+        return outcomes
+
+
+def test_a_stop_interrupts_the_batch_with_the_sink_and_records_what_it_sent() -> None:
+    world = Partition()
+    sink = _OneByOneSink()
+    world.delivery._sink = sink
+    acked: list[int] = []
+    batch = batch_of("evt-1", *(f"p{n}@example.org" for n in range(40)))  # 2 s for the whole batch
+
+    async def stop_mid_batch() -> None:
+        await world.delivery.take(_Event(batch, 0, acked))  # type: ignore[arg-type]
+        for _ in range(200):  # until the sink has sent two (bounded)
+            if len(sink.delivered) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await world.delivery.close()
+
+    asyncio.run(stop_mid_batch())
+    assert sink.interrupted
+    sent = set(sink.delivered)
+    assert 2 <= len(sent) < 10  # the batch came back soon after the stop, not after 2 s
+    assert acked == []  # read again by the next worker, which sends the rest
+    assert {r.alert_id for r in batch.alerts() if r.alert_id in world.sent} == sent
+    assert {(e.alert_id, e.outcome.value) for e in world.bulk.events} == {(a, "accepted") for a in sent}

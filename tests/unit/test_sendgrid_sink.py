@@ -16,7 +16,7 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from connectors.base import SinkOutcome
+from connectors.base import INTERRUPTED, SinkOutcome
 from connectors.outbox import OutboxConfig
 from connectors.registry import load_sink
 from connectors.rendering import PLACEHOLDER_MARK, EmailIdentity, render_alert
@@ -548,6 +548,28 @@ def test_a_429_among_requests_in_flight_loses_nothing_and_duplicates_nothing() -
         assert all(o.retryable and o.retry_after == 7.0 for o in outcomes) and len(outcomes) == 4_500
         await time.sleep(7)
         await retry_once_sends_the_rest(sink, fake, time, alerts, outcomes)
+
+    with_sink(test, sendgrid_concurrency=2)
+
+
+def test_an_interrupted_batch_sends_no_request_it_had_not_started() -> None:
+    alerts = make_alerts(4_500)  # five requests, two at a time
+
+    async def test(sink: SendGridSink, fake: FakeSendGrid, time: FakeTime) -> None:
+        fake.delay = 0.3
+        batch = asyncio.create_task(sink.deliver(alerts))
+        for _ in range(200):  # until the first two requests are in flight (bounded)
+            if fake.in_flight == 2:
+                break
+            await asyncio.sleep(0.01)
+        await sink.interrupt()
+        outcomes = await batch
+        # The two in flight keep their answers; the other three are left for the next worker.
+        assert fake.statuses() == [202, 202]
+        accepted = {o.record_id for o in outcomes if o.accepted}
+        assert len(accepted) == 2_000 and set(sent_alert_ids(fake)) == accepted
+        left = [o for o in outcomes if not o.accepted]
+        assert len(left) == 2_500 and all(o.retryable and o.error == INTERRUPTED for o in left)
 
     with_sink(test, sendgrid_concurrency=2)
 

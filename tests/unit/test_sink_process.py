@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from connectors.base import INTERRUPTED, SinkOutcome
 from connectors.mime import alert_bytes
 from connectors.outbox import OutboxConfig, OutboxSink
 from connectors.sink_process import SinkProcess, SinkProcessError, in_a_process
@@ -175,3 +176,34 @@ def test_the_batch_after_next_prepared_first_does_not_take_the_next_ones_place(t
     assert delivered == [[one[0].alert_id], [two[0].alert_id], [three[0].alert_id]] and taken == 3
     deliveries = [line[2:] for line in _journal(journal) if line[0] == "deliver"]
     assert deliveries == delivered
+
+
+def test_an_interrupt_reaches_the_sink_in_the_child_and_its_batch_comes_back_early(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    alerts = _alerts("evt-1", *(f"slow{n}@example.org" for n in range(20)))  # 4 s for the batch
+
+    async def run() -> tuple[list[SinkOutcome], list[SinkOutcome]]:
+        sink = _journaling(journal)
+        await sink.setup()
+        try:
+            batch = asyncio.create_task(sink.deliver(alerts))
+            for _ in range(200):  # until the child has the batch (bounded)
+                if journal.exists() and any(line[0] == "deliver" for line in _journal(journal)):
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+            await sink.interrupt()
+            first = list(await batch)
+            # A batch after the interrupt is not handed to the child at all.
+            return first, list(await sink.deliver(_alerts("evt-2", "a@example.org")))
+        finally:
+            await sink.close()
+
+    outcomes, later = asyncio.run(run())
+    assert sorted(o.record_id for o in outcomes) == sorted(a.alert_id for a in alerts)
+    accepted = [o for o in outcomes if o.accepted]
+    assert 1 <= len(accepted) < len(alerts)
+    assert all(o.retryable and o.error == INTERRUPTED for o in outcomes if not o.accepted)
+    assert [o.error for o in later] == [INTERRUPTED]
+    calls = [line[0] for line in _journal(journal)]
+    assert calls == ["setup", "deliver", "interrupt"], calls

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from structlog.testing import capture_logs
 
-from connectors.base import SinkOutcome
+from connectors.base import INTERRUPTED, SinkOutcome
 from connectors.registry import load_sink
 from connectors.smtp import SmtpConfig, SmtpSink
 from mobilise.errors import ConfigurationError, RetryableError
@@ -735,6 +735,40 @@ def test_a_server_closing_mid_batch_stops_every_connection_and_loses_nothing() -
         <= {a.alert_id for i, a in enumerate(alerts) if i in (0, 1, 2, 4, 5)}
     )
     assert {a.alert_id for a in alerts[3:4] + alerts[6:]} <= not_sent
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+def test_an_interrupted_batch_ends_after_the_messages_in_flight_and_leaves_the_rest(connections: int) -> None:
+    alerts = make_alerts(12)
+    with SmtpServer("none", login=False) as server:
+        server.mailbox.data_delay = 0.3  # 3.6 s for the batch over one connection
+
+        async def scenario() -> tuple[list[SinkOutcome], list[SinkOutcome]]:
+            sink = SmtpSink(server.config(None, login=False, smtp_connections=connections))
+            await sink.setup()
+            try:
+                batch = asyncio.create_task(sink.deliver(alerts))
+                for _ in range(200):  # until the server has answered one message (bounded)
+                    if server.mailbox.messages:
+                        break
+                    await asyncio.sleep(0.02)
+                await sink.interrupt()
+                first = list(await batch)
+                return first, list(await sink.deliver(make_alerts(2)))  # and any batch after it
+            finally:
+                await sink.close()
+
+        outcomes, later = asyncio.run(scenario())
+
+    assert sorted(o.record_id for o in outcomes) == sorted(a.alert_id for a in alerts)  # one outcome each
+    received = {r.message()["X-Mobilise-Alert-Id"] for r in server.mailbox.messages}
+    accepted = {o.record_id for o in outcomes if o.accepted}
+    assert accepted == received  # the messages in flight at the interrupt kept their answers
+    assert 1 <= len(received) <= 2 * connections  # and no connection started another
+    left = [o for o in outcomes if not o.accepted]
+    assert len(left) == len(alerts) - len(received)
+    assert all(o.retryable and o.error == INTERRUPTED for o in left)
+    assert all(o.retryable and o.error == INTERRUPTED for o in later) and len(later) == 2
 
 
 # -- refusals and failures -----------------------------------------------------------------
