@@ -7,11 +7,13 @@ system by file drop.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import jinja2
 
@@ -66,11 +68,23 @@ class OutboxSink(Sink[OutboxConfig, Alert]):
         return await asyncio.to_thread(self._write_all, alerts)
 
     def _write_all(self, alerts: Sequence[Alert]) -> list[SinkOutcome]:
-        outcomes = [self._write_one(alert) for alert in alerts]
-        if any(o.accepted and not o.duplicate for o in outcomes):
+        # The flag is read between files: set by interrupt() on the event loop's thread.
+        outcomes = [
+            SinkOutcome.interrupted(alert.alert_id) if self.interrupted else self._write_one(alert)
+            for alert in alerts
+        ]
+        if any(o.accepted for o in outcomes):
             # One flush for the whole batch, before any outcome is reported: a file per
-            # fsync cost more than rendering it. (os.sync reaches the directory entries too.)
-            os.sync()
+            # fsync cost more than rendering it. Files found there count too: one may be
+            # from a batch whose flush failed.
+            try:
+                _flush(self._directory_fd)
+            except OSError as exc:
+                # The files are there, so the retry finds them (duplicates) and flushes again.
+                raise RetryableError(
+                    f"the outbox {self.config.outbox_dir} could not be flushed to disk ({exc}): "
+                    "its new files might not survive a crash, so the batch is tried again"
+                ) from exc
         return outcomes
 
     def _write_one(self, alert: Alert) -> SinkOutcome:
@@ -135,6 +149,33 @@ class OutboxSink(Sink[OutboxConfig, Alert]):
             return False
         finally:
             os.unlink(temporary)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs  # Linux (glibc, musl)
+    except (OSError, AttributeError):
+        return None
+    syncfs.argtypes = [ctypes.c_int]
+    syncfs.restype = ctypes.c_int
+    return cast(Callable[[int], int], syncfs)
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _flush(directory_fd: int | None) -> None:
+    """Flush the outbox's file system: its new files and their directory entries.
+
+    syncfs(2) waits for that one file system only. os.sync, where it is missing, waits for
+    every one on the host: a busy database disk or a network mount would hold each batch.
+    """
+    if _SYNCFS is None or directory_fd is None:
+        os.sync()
+        return
+    if _SYNCFS(directory_fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def _write_fully(fd: int, data: bytes) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from connectors.base import INTERRUPTED, SinkOutcome
 from connectors.outbox import OutboxConfig, OutboxSink
 from connectors.registry import available_connectors, load_sink
 from connectors.rendering import EmailIdentity, render_alert
-from mobilise.errors import ConfigurationError
+from mobilise.errors import ConfigurationError, RetryableError
 from schemas import Alert, CaseUpdate, MatchReason, alert_id_for
 
 IDENTITY = EmailIdentity(from_email="Network <alerts@example.net>", unsubscribe_email="stop@example.net")
@@ -100,6 +101,54 @@ def test_the_outbox_writes_each_alert_once(tmp_path: Path) -> None:
     assert message["Message-ID"] == f"<{alert.alert_id}@example.org>"
     assert "Hidden Person" not in files[0].read_text()
     assert message.get_body(("html",)) is not None and message.get_body(("plain",)) is not None
+
+
+def test_an_interrupted_outbox_writes_no_more_files(tmp_path: Path) -> None:
+    sink = OutboxSink(OutboxConfig(outbox_dir=tmp_path / "out"))
+    alert, french = make_alert(), make_alert("fr")
+    other = french.model_copy(update={"alert_id": alert_id_for(french.event_id, "sub-2")})
+
+    async def run() -> tuple[list[SinkOutcome], list[SinkOutcome]]:
+        await sink.setup()
+        try:
+            before = list(await sink.deliver([alert]))
+            await sink.interrupt()  # the file being written when it comes is finished; no other starts
+            return before, list(await sink.deliver([other]))
+        finally:
+            await sink.close()
+
+    before, after = asyncio.run(run())
+    assert before[0].accepted and not after[0].accepted
+    assert after[0].retryable and after[0].error == INTERRUPTED and after[0].record_id == other.alert_id
+    assert [f.name for f in (tmp_path / "out").iterdir()] == [f"{alert.alert_id}.eml"]
+
+
+def test_an_outbox_that_cannot_be_flushed_to_disk_tries_the_batch_again(tmp_path: Path) -> None:
+    sink = OutboxSink(OutboxConfig(outbox_dir=tmp_path / "out"))
+    alert = make_alert()
+
+    async def run() -> SinkOutcome:
+        await sink.setup()
+        directory_fd = sink._directory_fd
+        sink._directory_fd = -1  # the flush (syncfs of the outbox's file system) fails: EBADF
+        try:
+            with pytest.raises(RetryableError, match=r"could not be flushed to disk .*tried again"):
+                await sink.deliver([alert])
+            # Its file is there now, but not known to be on disk: not accepted until flushed.
+            with pytest.raises(RetryableError, match=r"could not be flushed"):
+                await sink.deliver([alert])
+        finally:
+            sink._directory_fd = directory_fd
+        try:
+            (again,) = await sink.deliver([alert])
+            return again
+        finally:
+            await sink.close()
+
+    again = asyncio.run(run())
+    # The retry finds the file written before the failed flush: one file, reported as there.
+    assert again.accepted and again.duplicate
+    assert [f.name for f in (tmp_path / "out").iterdir()] == [f"{alert.alert_id}.eml"]
 
 
 def test_sinks_are_found_through_the_entry_point_group() -> None:
