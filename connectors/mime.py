@@ -166,7 +166,8 @@ def message_template(
                 _header("X-Mobilise-Event-Id", event_id),
                 f"Content-Language: {shared.language}\n",
                 "MIME-Version: 1.0\n",
-                f'Content-Type: multipart/alternative; boundary="{boundary}"\n',
+                # Folded: on one line it would be 82 characters, over RFC 5322's 78.
+                f'Content-Type: multipart/alternative;\n boundary="{boundary}"\n',
                 "\n",
                 f"--{boundary}\n",
                 'Content-Type: text/plain; charset="utf-8"\n',

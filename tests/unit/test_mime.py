@@ -32,6 +32,8 @@ def test_readers_get_back_the_rendered_text_html_and_headers() -> None:
 
     assert raw.isascii()  # 7-bit clean: any mail server takes it
     assert max(len(line) for line in raw.split(b"\n")) <= 998
+    # RFC 5322's recommended 78 too, the headers of the parts and the boundaries included.
+    assert max(len(line) for line in raw.split(b"\n")) <= 78
     assert message["Subject"] == email.subject and not email.subject.isascii()
     assert message["To"].addresses[0].display_name == "Adèle Müller-Ñúñez"
     assert message["To"].addresses[0].addr_spec == "person@example.org"
