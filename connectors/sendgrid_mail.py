@@ -466,8 +466,8 @@ class SendGridSink(Sink[SendGridConfig, Alert]):
     requests of the batch proceed. A batch's requests go out in order, up to
     ``MOBILISE_SENDGRID_CONCURRENCY`` at once; after a 429, a lost connection or an interrupt
     (the worker stops) the ones not yet started are not sent, and those already in flight keep
-    their own answers. The
-    request rate of one worker is capped by ``MOBILISE_SENDGRID_MAX_REQUESTS_PER_SECOND``.
+    their own answers. The request rate of one worker is capped by
+    ``MOBILISE_SENDGRID_MAX_REQUESTS_PER_SECOND``.
     """
 
     name = "sendgrid"
