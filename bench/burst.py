@@ -388,7 +388,7 @@ def run(args: argparse.Namespace, workers: int, population: Inputs, work: Path, 
         monitor = Monitor(p, floor)
         monitor.start()
         try:
-            cpu_before, broker_before = p.cpu()
+            cpu_before, _, broker_before = p.cpu()
             t0 = time.time()
             publish(p.bootstrap, p.names.case_updates, burst)
             acked = time.time()
@@ -401,7 +401,7 @@ def run(args: argparse.Namespace, workers: int, population: Inputs, work: Path, 
                 wrong = [(e, matched[e], expected[e]) for e in event_ids if matched[e] != expected[e]]
                 raise BenchError(f"matched ≠ in-process index for {len(wrong)} updates: {wrong[:5]}")
             wait_delivered(p, alerts, deadline, poll_outbox=False)
-            cpu_after, broker_after = p.cpu()
+            cpu_after, _, broker_after = p.cpu()
             load = os.getloadavg()[0]
         except BenchError:
             if monitor.ran_out:

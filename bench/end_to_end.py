@@ -60,6 +60,7 @@ from streams.admin import create_topics, publish
 from streams.topics import TopicNames, topic_specs
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
 
 
 class BenchError(RuntimeError):
@@ -288,7 +289,13 @@ class Result:
     eml_complete_s: float
     eml_files: int
     worker_cpu_s: list[float]
+    worker_own_cpu_s: list[float]
+    """The worker processes alone, without their sinks' processes."""
     broker_cpu_s: float
+
+    @property
+    def cpu_per_alert_s(self) -> float:
+        return (sum(self.worker_cpu_s) + self.broker_cpu_s) / self.matching
 
     def table(self) -> str:
         m = self.matching
@@ -318,7 +325,19 @@ class Result:
                 "worker CPU (with its sink process) during t0 → done",
                 ", ".join(f"{c:.1f} s" for c in self.worker_cpu_s),
             ),
+            (
+                "of which in the sink's process (`MOBILISE_SINK_PROCESS`)",
+                ", ".join(
+                    f"{whole - own:.1f} s"
+                    for whole, own in zip(self.worker_cpu_s, self.worker_own_cpu_s, strict=True)
+                ),
+            ),
             ("broker CPU during t0 → done", f"{self.broker_cpu_s:.1f} s"),
+            ("CPU per alert, every process (workers, sinks, broker)", f"{self.cpu_per_alert_s * 1e6:.0f} µs"),
+            (
+                f"the most that CPU allows on {CORES} cores (CPU-bound ceiling)",
+                f"{CORES / self.cpu_per_alert_s:,.0f} alerts/s",
+            ),
         ]
         return "| figure | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
@@ -337,12 +356,17 @@ class Pipeline:
     def bootstrap(self) -> list[str]:
         return [self.broker.bootstrap]
 
-    def cpu(self) -> tuple[list[float], float]:
-        """CPU seconds used so far by each worker and by the broker (0 if it has no pid)."""
-        broker_pid = self.broker._process.pid if self.broker._process else None  # private: the broker's pid
-        return [tree_cpu_seconds(w.process.pid) for w in self.workers], cpu_seconds(
-            broker_pid
-        ) if broker_pid else 0.0
+    def cpu(self) -> tuple[list[float], list[float], float]:
+        """CPU seconds used so far by each worker (with, then without its sink's process) and by the broker.
+
+        The broker's is 0 if it has no pid.
+        """
+        broker_pid = self.broker.pid
+        return (
+            [tree_cpu_seconds(w.process.pid) for w in self.workers],
+            [cpu_seconds(w.process.pid) for w in self.workers],
+            cpu_seconds(broker_pid) if broker_pid else 0.0,
+        )
 
 
 @contextlib.contextmanager
@@ -518,7 +542,7 @@ def run(args: argparse.Namespace, work: Path) -> Result:
                         )
                     )
                 time.sleep(1.0)  # py-spy attaches
-            cpu_before, broker_before = p.cpu()
+            cpu_before, own_before, broker_before = p.cpu()
             t0 = time.time()
             publish(p.bootstrap, p.names.case_updates, [(update.case_id, update.model_dump_json().encode())])
             acked = time.time()
@@ -527,7 +551,7 @@ def run(args: argparse.Namespace, work: Path) -> Result:
             if matched != args.matching:
                 raise BenchError(f"case_update.matched adds up to {matched:,}, expected {args.matching:,}")
             eml_at = wait_delivered(p, args.matching, deadline)
-            cpu_after, broker_after = p.cpu()
+            cpu_after, own_after, broker_after = p.cpu()
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
             for spy in spies:
@@ -547,6 +571,7 @@ def run(args: argparse.Namespace, work: Path) -> Result:
                 eml_complete_s=eml_at - t0,
                 eml_files=files,
                 worker_cpu_s=[a - b for a, b in zip(cpu_after, cpu_before, strict=True)],
+                worker_own_cpu_s=[a - b for a, b in zip(own_after, own_before, strict=True)],
                 broker_cpu_s=broker_after - broker_before,
             )
         finally:
