@@ -131,8 +131,15 @@ class Worker:
         self.log_path = log_path
         self._stdout = open(log_path, "wb")  # noqa: SIM115  # closed in stop()
         self._stderr = open(log_path.with_suffix(".stderr"), "wb")  # noqa: SIM115  # closed in stop()
+        # Started in the run's own directory: `python -m` puts the current directory first on
+        # sys.path, so from the repository's root the workers would run its code whatever
+        # PYTHONPATH names (a checkout of another commit, to compare with).
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mobilise", "worker"], env=env, stdout=self._stdout, stderr=self._stderr
+            [sys.executable, "-m", "mobilise", "worker"],
+            env=env,
+            stdout=self._stdout,
+            stderr=self._stderr,
+            cwd=log_path.parent,
         )
         self.state = LogState()
         self._offset = 0
