@@ -240,9 +240,9 @@ class SinkProcess(Sink[SinkConfig, Alert]):
         ``encoded``, when given, is the alert batch JSON whose recipients are exactly
         ``records`` (the record they were read from): sent as it is, not encoded again.
         """
-        if self._conn is None or self._process is None or not self._process.is_alive():
+        conn = self._live_connection()
+        if conn is None:
             return  # deliver() starts a new child, and hands it the batch then
-        conn = self._conn
         batches = [encoded] if encoded is not None else _batches(records)
         number = next(self._numbers)
         try:
@@ -256,10 +256,11 @@ class SinkProcess(Sink[SinkConfig, Alert]):
     async def interrupt(self) -> None:
         """Interrupt the sink in the child too: the batch it is delivering comes back early."""
         await super().interrupt()
-        if self._conn is None or self._process is None or not self._process.is_alive():
+        conn = self._live_connection()
+        if conn is None:
             return
         with contextlib.suppress(OSError):  # the child died: nothing of it to interrupt
-            await asyncio.to_thread(self._send, self._conn, ("interrupt", None, None))
+            await asyncio.to_thread(self._send, conn, ("interrupt", None, None))
 
     async def deliver(self, records: Sequence[Alert]) -> Sequence[SinkOutcome]:
         """Hand the batch to the child and return its outcomes."""
@@ -267,7 +268,7 @@ class SinkProcess(Sink[SinkConfig, Alert]):
             return []
         if self.interrupted:  # the worker is stopping: no child is started for it
             return [SinkOutcome.interrupted(alert.alert_id) for alert in records]
-        if self._conn is None or self._process is None or not self._process.is_alive():
+        if self._live_connection() is None:
             await self._stop(gracefully=False)
             await self.setup()
         assert self._conn is not None
@@ -310,6 +311,12 @@ class SinkProcess(Sink[SinkConfig, Alert]):
             )
             for record_id, accepted, message_id, duplicate, retryable, retry_after, error in answer[1]
         ]
+
+    def _live_connection(self) -> Connection | None:
+        """The pipe to the child, while the child runs."""
+        if self._conn is None or self._process is None or not self._process.is_alive():
+            return None
+        return self._conn
 
     def _send(self, conn: Connection, message: _Message) -> None:
         with self._sending:
